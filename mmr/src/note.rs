@@ -360,10 +360,9 @@ fn key_id(key_name: &str, key: &VerifyingKey) -> KeyId {
 
 /// Splits `<name>+<hex key id>+<base64(0x01 ‖ key)>` and returns the key without its algorithm byte.
 fn split_key(text: &str) -> Result<(&str, KeyId, Vec<u8>), NoteError> {
-    let mut parts = text.split('+');
-    let (Some(key_name), Some(key_id), Some(key), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    // Base64 uses '+' too: the key is everything after the second '+'.
+    let mut parts = text.splitn(3, '+');
+    let (Some(key_name), Some(key_id), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(NoteError::BadKey("expected <name>+<hex key id>+<base64 key>"));
     };
     check_key_name(key_name)?;
