@@ -201,11 +201,23 @@ fn bench_hash(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     group.warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
     group.bench_function("node_hash", |b| b.iter(|| node_hash(black_box(&left), black_box(&right))));
+    group.bench_function("node_hash_streaming_baseline", |b| {
+        b.iter(|| streaming_node_hash(black_box(&left), black_box(&right)))
+    });
     group.bench_function("leaf_hash_32B", |b| b.iter(|| leaf_hash(black_box(&data[..]))));
     group.finish();
 }
 
 /// The leaf hashes of leaves whose data are their indexes, big-endian.
+/// `node_hash` the obvious way, through sha2's streaming hasher: the baseline that
+/// `mmr::node_hash`'s two-block fast path is measured against.
+fn streaming_node_hash(left: &Hash, right: &Hash) -> Hash {
+    use sha2::Digest as _;
+    Hash(
+        sha2::Sha256::new().chain_update([0x01]).chain_update(left.0).chain_update(right.0).finalize().into(),
+    )
+}
+
 fn leaf_hashes(count: u64) -> Vec<Hash> {
     (0..count).map(|index| leaf_hash(&index.to_be_bytes())).collect()
 }
