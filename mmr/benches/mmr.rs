@@ -35,7 +35,7 @@ use criterion::{
     criterion_main,
 };
 use mmr::{
-    ConsistencyProof, Hash, InclusionProof, LeafIndex, MemStore, Mmr, NodePos, NodeStore, TreeSize,
+    ConsistencyProof, Hash, InclusionProof, LeafIndex, MemStore, Mmr, NodePos, NodeReader, TreeSize,
     leaf_hash, node_hash,
 };
 

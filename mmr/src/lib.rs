@@ -35,10 +35,10 @@ mod store;
 
 pub use crate::checkpoint::{Checkpoint, CheckpointError, CheckpointVerifier, VerifiedCheckpoint};
 pub use crate::hash::{HASH_LEN, Hash, HashLengthError, empty_root, leaf_hash, node_hash};
-pub use crate::mmr::{Mmr, MmrError};
+pub use crate::mmr::{Mmr, MmrError, MmrView};
 pub use crate::note::{
     KeyId, NoteError, NoteLimits, NoteSignature, NoteSigner, SignedNote, VerifierKey, VerifierPolicy,
 };
 pub use crate::position::{LeafIndex, NodePos, Subtree, TreeSize};
 pub use crate::proof::{ConsistencyProof, InclusionProof, ProofError, verify_consistency, verify_inclusion};
-pub use crate::store::{MemStore, NodeStore};
+pub use crate::store::{MemStore, NodeReader, NodeStore};

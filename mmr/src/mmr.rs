@@ -7,8 +7,8 @@
 
 use crate::position::{Subtree, split_point};
 use crate::{
-    ConsistencyProof, Hash, InclusionProof, LeafIndex, NodePos, NodeStore, TreeSize, empty_root, leaf_hash,
-    node_hash,
+    ConsistencyProof, Hash, InclusionProof, LeafIndex, NodePos, NodeReader, NodeStore, TreeSize, empty_root,
+    leaf_hash, node_hash,
 };
 
 /// A Merkle Mountain Range over a [`NodeStore`].
@@ -21,6 +21,16 @@ pub struct Mmr<S> {
     /// Peaks of the current tree, largest first. They make appends and the current root
     /// free of store reads.
     peaks: Vec<Hash>,
+}
+
+/// Read-only access to the tree of `size` leaves held in a store: roots and proofs.
+///
+/// Cheap to make (no reads): a server builds one per request, over a store handle and the
+/// size it is answering for, while appends continue elsewhere.
+#[derive(Debug, Clone, Copy)]
+pub struct MmrView<R> {
+    reader: R,
+    size: TreeSize,
 }
 
 /// Why the MMR could not answer.
@@ -118,11 +128,10 @@ impl<S: NodeStore> Mmr<S> {
 
     /// Root of the tree of the first `size` leaves, for any size up to the current one.
     pub fn root_at(&self, size: TreeSize) -> Result<Hash, MmrError<S::Error>> {
-        self.check_size(size)?;
         if size == self.size {
             return Ok(self.root());
         }
-        self.range_hash(0, size.0, size)
+        self.view().root_at(size)
     }
 
     /// Inclusion proof for the leaf at `index` in the tree of `size` leaves (RFC 9162 §2.1.3.1).
@@ -131,6 +140,57 @@ impl<S: NodeStore> Mmr<S> {
         index: LeafIndex,
         size: TreeSize,
     ) -> Result<InclusionProof, MmrError<S::Error>> {
+        self.view().inclusion_proof(index, size)
+    }
+
+    /// Consistency proof from the tree of `old_size` leaves to the tree of `new_size` leaves
+    /// (RFC 9162 §2.1.4.1). Empty when `old_size` is 0 or equals `new_size`.
+    pub fn consistency_proof(
+        &self,
+        old_size: TreeSize,
+        new_size: TreeSize,
+    ) -> Result<ConsistencyProof, MmrError<S::Error>> {
+        self.view().consistency_proof(old_size, new_size)
+    }
+
+    /// A read-only view of the current tree.
+    pub fn view(&self) -> MmrView<&S> {
+        MmrView::new(&self.store, self.size)
+    }
+
+    fn node(&self, pos: NodePos) -> Result<Hash, MmrError<S::Error>> {
+        self.view().node(pos)
+    }
+}
+
+impl<R: NodeReader> MmrView<R> {
+    /// A view of the first `size` leaves of the tree in `reader`. The caller vouches that the
+    /// store holds at least that many; a missing node surfaces as [`MmrError::MissingNode`].
+    pub fn new(reader: R, size: TreeSize) -> Self {
+        Self { reader, size }
+    }
+
+    pub fn size(&self) -> TreeSize {
+        self.size
+    }
+
+    /// Root of the whole view (reads its peaks).
+    pub fn root(&self) -> Result<Hash, MmrError<R::Error>> {
+        self.root_at(self.size)
+    }
+
+    /// Root of the tree of the first `size` leaves, for any size up to the view's.
+    pub fn root_at(&self, size: TreeSize) -> Result<Hash, MmrError<R::Error>> {
+        self.check_size(size)?;
+        self.range_hash(0, size.0, size)
+    }
+
+    /// Inclusion proof for the leaf at `index` in the tree of `size` leaves (RFC 9162 §2.1.3.1).
+    pub fn inclusion_proof(
+        &self,
+        index: LeafIndex,
+        size: TreeSize,
+    ) -> Result<InclusionProof, MmrError<R::Error>> {
         self.check_size(size)?;
         if !size.contains(index) {
             return Err(MmrError::IndexOutOfRange { index, size });
@@ -158,7 +218,7 @@ impl<S: NodeStore> Mmr<S> {
         &self,
         old_size: TreeSize,
         new_size: TreeSize,
-    ) -> Result<ConsistencyProof, MmrError<S::Error>> {
+    ) -> Result<ConsistencyProof, MmrError<R::Error>> {
         self.check_size(new_size)?;
         if old_size > new_size {
             return Err(MmrError::SizeDecreased { old: old_size, new: new_size });
@@ -191,7 +251,7 @@ impl<S: NodeStore> Mmr<S> {
         Ok(ConsistencyProof { old_size, new_size, path })
     }
 
-    fn check_size(&self, size: TreeSize) -> Result<(), MmrError<S::Error>> {
+    fn check_size(&self, size: TreeSize) -> Result<(), MmrError<R::Error>> {
         if size > self.size {
             return Err(MmrError::SizeBeyondCurrent { requested: size, current: self.size });
         }
@@ -200,7 +260,7 @@ impl<S: NodeStore> Mmr<S> {
 
     /// RFC 9162 Merkle Tree Hash of leaves `[lo, hi)` within the tree of `size` leaves.
     /// The range is either a perfect aligned subtree, or ends at `size` and starts at a peak.
-    fn range_hash(&self, lo: u64, hi: u64, size: TreeSize) -> Result<Hash, MmrError<S::Error>> {
+    fn range_hash(&self, lo: u64, hi: u64, size: TreeSize) -> Result<Hash, MmrError<R::Error>> {
         if lo == hi {
             return Ok(empty_root());
         }
@@ -218,8 +278,8 @@ impl<S: NodeStore> Mmr<S> {
         Ok(root)
     }
 
-    fn node(&self, pos: NodePos) -> Result<Hash, MmrError<S::Error>> {
-        self.store.get(pos).map_err(MmrError::Store)?.ok_or(MmrError::MissingNode(pos))
+    fn node(&self, pos: NodePos) -> Result<Hash, MmrError<R::Error>> {
+        self.reader.get(pos).map_err(MmrError::Store)?.ok_or(MmrError::MissingNode(pos))
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::convert::Infallible;
 
-use mmr::{Hash, LeafIndex, MemStore, Mmr, MmrError, NodePos, NodeStore, TreeSize};
+use mmr::{Hash, LeafIndex, MemStore, Mmr, MmrError, MmrView, NodePos, NodeReader, NodeStore, TreeSize};
 
 use crate::support::{mmr_of, synthetic_leaves};
 
@@ -34,13 +34,15 @@ fn opening_a_truncated_store_is_an_error() {
 /// A store that answers every read with a fixed hash: stands in for a corrupted disk.
 struct Corrupt(MemStore, Hash);
 
-impl NodeStore for Corrupt {
+impl NodeReader for Corrupt {
     type Error = Infallible;
 
     fn get(&self, pos: NodePos) -> Result<Option<Hash>, Infallible> {
         Ok(self.0.get(pos)?.map(|_| self.1))
     }
+}
 
+impl NodeStore for Corrupt {
     fn append(&mut self, pos: NodePos, hash: Hash) -> Result<(), Infallible> {
         self.0.append(pos, hash)
     }
@@ -86,4 +88,27 @@ fn appends_write_fewer_than_two_nodes_per_leaf() {
         assert_eq!(mmr.store().len(), 2 * count - u64::from(count.count_ones()));
         assert!(mmr.store().len() < 2 * count);
     }
+}
+
+#[test]
+fn a_view_over_a_shared_store_answers_like_the_mmr() {
+    let leaves = synthetic_leaves(300);
+    let mut mmr = mmr_of(&leaves[..200]);
+    let snapshot = mmr.store().clone();
+    // Appends continue on the MMR; the view answers for the 200 leaves it was made for.
+    for leaf in &leaves[200..] {
+        mmr.append(leaf).expect("append");
+    }
+    let view = MmrView::new(&snapshot, TreeSize(200));
+    assert_eq!(view.root().expect("root"), mmr.root_at(TreeSize(200)).expect("root at 200"));
+    assert_eq!(
+        view.inclusion_proof(LeafIndex(17), TreeSize(150)).expect("proof"),
+        mmr.inclusion_proof(LeafIndex(17), TreeSize(150)).expect("proof")
+    );
+    assert_eq!(
+        view.consistency_proof(TreeSize(33), TreeSize(200)).expect("proof"),
+        mmr.consistency_proof(TreeSize(33), TreeSize(200)).expect("proof")
+    );
+    assert!(matches!(view.root_at(TreeSize(201)), Err(MmrError::SizeBeyondCurrent { .. })));
+    assert_eq!(MmrView::new(&snapshot, TreeSize(0)).root().expect("empty root"), mmr::empty_root());
 }

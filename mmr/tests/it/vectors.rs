@@ -200,3 +200,15 @@ fn signing_the_vector_checkpoint_reproduces_the_note() {
     let note = checkpoint.sign(&signers.iter().collect::<Vec<_>>()).expect("sign");
     assert_eq!(note.to_string(), vector.note);
 }
+
+#[test]
+fn copies_match_shared_vectors_where_present() {
+    // shared/ sits beside the repository in CI and on developer machines, not on a user's:
+    // where it is, the copies the tests use must not have drifted from it.
+    let crate_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for name in ["merkle.json", "checkpoint.json"] {
+        let Ok(upstream) = std::fs::read(crate_dir.join("../../shared/vectors").join(name)) else { continue };
+        let copy = std::fs::read(crate_dir.join("tests/vectors").join(name)).expect("the copy is in the repository");
+        assert!(upstream == copy, "mmr/tests/vectors/{name} differs from shared/vectors/{name}: copy it again");
+    }
+}
