@@ -1,0 +1,11 @@
+//! Aegis ledger node: a Raft group (openraft) that agrees on one append order for audit
+//! records, keeps them in a Merkle Mountain Range on sled, signs checkpoints and serves
+//! inclusion and consistency proofs over gRPC (tonic).
+//!
+//! openraft and sled live at the edges (`storage`, `network`); the ledger's domain logic
+//! (apply a batch, build a proof, decide whether to cosign) is synchronous and testable
+//! without a runtime.
+
+pub mod cosign;
+pub mod storage;
+pub mod types;

@@ -1,0 +1,120 @@
+//! The openraft type configuration and the data a Raft log entry carries: batches of records.
+
+use std::fmt;
+
+use prost::Message as _;
+use serde::{Deserialize, Serialize};
+
+openraft::declare_raft_types!(
+    /// Aegis's Raft types: entries carry [`AppendBatch`]es, applying one yields an [`AppendOutcome`].
+    pub TypeConfig:
+        D = AppendBatch,
+        R = AppendOutcome,
+        NodeId = NodeId,
+        Node = NodeInfo,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = tokio::fs::File,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// A ledger node's id in the Raft group. Never reused for a node whose data was wiped.
+pub type NodeId = u64;
+
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type LogId = openraft::LogId<NodeId>;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type StorageError = openraft::StorageError<NodeId>;
+pub type StoredMembership = openraft::StoredMembership<NodeId, NodeInfo>;
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, NodeInfo>;
+pub type Snapshot = openraft::storage::Snapshot<TypeConfig>;
+pub type Vote = openraft::Vote<NodeId>;
+
+/// What the cluster knows of a member: where to reach it and the key it signs checkpoints with.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Address of the peer (Raft) service, `host:port`. Only other ledger nodes connect here.
+    pub peer_addr: String,
+    /// Address of the client service (`Ledger`, `Admin`), `host:port`, for gateways and auditors.
+    /// Followers return the leader's in their answers to writes.
+    pub client_addr: String,
+    /// The node's checkpoint verifier key (`<name>+<hex id>+<base64 key>`). The leader checks
+    /// the node's cosignatures with it, and auditors build their policy from the members' keys.
+    pub verifier_key: String,
+}
+
+impl fmt::Display for NodeInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "peer {} client {}", self.peer_addr, self.client_addr)
+    }
+}
+
+/// The 16 bytes of an audit record's UUIDv7 id: the key of idempotent appends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RecordId(pub [u8; 16]);
+
+/// One audit record as a Raft entry carries it: its id, read once by the leader, and the exact
+/// bytes the gateway sent, which become the leaf data unchanged.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub id: RecordId,
+    #[serde(with = "serde_bytes")]
+    pub bytes: Vec<u8>,
+}
+
+/// The payload of one Raft log entry: records to append in this order.
+/// Several clients' `Append` calls are coalesced into one batch (group commit).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendBatch {
+    pub records: Vec<Record>,
+}
+
+/// Where one record of a batch landed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendedLeaf {
+    pub leaf_index: u64,
+    /// The record id was already in the log (or earlier in the same batch): nothing was appended.
+    pub already_present: bool,
+}
+
+/// The result of applying one [`AppendBatch`]: one [`AppendedLeaf`] per record, in order.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendOutcome {
+    pub leaves: Vec<AppendedLeaf>,
+    /// Tree size right after this entry was applied.
+    pub tree_size: u64,
+}
+
+impl fmt::Display for AppendBatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "batch of {} records", self.records.len())
+    }
+}
+
+/// Why bytes offered as an audit record were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("record {index} is not a valid AuditRecord protobuf encoding")]
+    Malformed { index: usize },
+    #[error("record {index} has record_id {id:?}, expected a canonical lowercase hyphenated UUIDv7")]
+    BadRecordId { index: usize, id: String },
+}
+
+impl Record {
+    /// Reads the record id out of `bytes`, the encoding of an `AuditRecord`, and keeps the
+    /// bytes as they are. `index` names the record in its request for error messages.
+    pub fn parse(index: usize, bytes: Vec<u8>) -> Result<Self, RecordError> {
+        let record =
+            proto::v1::AuditRecord::decode(bytes.as_slice()).map_err(|_| RecordError::Malformed { index })?;
+        let id = parse_record_id(&record.record_id)
+            .ok_or_else(|| RecordError::BadRecordId { index, id: record.record_id.clone() })?;
+        Ok(Self { id, bytes })
+    }
+}
+
+/// Parses a canonical (lowercase, hyphenated) UUIDv7 string.
+pub fn parse_record_id(text: &str) -> Option<RecordId> {
+    let uuid = uuid::Uuid::try_parse(text).ok()?;
+    let mut canonical_text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let canonical = uuid.hyphenated().encode_lower(&mut canonical_text) == text;
+    (canonical && uuid.get_version_num() == 7).then(|| RecordId(uuid.into_bytes()))
+}
