@@ -6,9 +6,9 @@ use prost::Message as _;
 use serde::{Deserialize, Serialize};
 
 openraft::declare_raft_types!(
-    /// Aegis's Raft types: entries carry [`AppendBatch`]es, applying one yields an [`AppendOutcome`].
+    /// Aegis's Raft types: entries carry [`Command`]s, applying one yields an [`AppendOutcome`].
     pub TypeConfig:
-        D = AppendBatch,
+        D = Command,
         R = AppendOutcome,
         NodeId = NodeId,
         Node = NodeInfo,
@@ -61,7 +61,26 @@ pub struct Record {
     pub bytes: Vec<u8>,
 }
 
-/// The payload of one Raft log entry: records to append in this order.
+/// What one Raft log entry asks every node's state machine to do.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Append these records, in order, skipping ids already in the log.
+    Append(AppendBatch),
+    /// Store this checkpoint as published. The leader proposes it once a majority of voters
+    /// cosigned; every node re-verifies the signatures against the membership's verifier keys
+    /// and the root against its own tree before storing it, so replication cannot smuggle in a
+    /// checkpoint the node would not itself vouch for.
+    Publish(PublishCheckpoint),
+}
+
+/// A checkpoint note signed by a majority of voters.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishCheckpoint {
+    /// The C2SP signed note, text and signature lines.
+    pub note: String,
+}
+
+/// The payload of an append: records to append in this order.
 /// Several clients' `Append` calls are coalesced into one batch (group commit).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppendBatch {
@@ -76,7 +95,8 @@ pub struct AppendedLeaf {
     pub already_present: bool,
 }
 
-/// The result of applying one [`AppendBatch`]: one [`AppendedLeaf`] per record, in order.
+/// The result of applying one [`Command`]: for an append, one [`AppendedLeaf`] per record, in
+/// order; for a publication, no leaves.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppendOutcome {
     pub leaves: Vec<AppendedLeaf>,
@@ -84,9 +104,12 @@ pub struct AppendOutcome {
     pub tree_size: u64,
 }
 
-impl fmt::Display for AppendBatch {
+impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "batch of {} records", self.records.len())
+        match self {
+            Command::Append(batch) => write!(f, "append {} records", batch.records.len()),
+            Command::Publish(_) => f.write_str("publish checkpoint"),
+        }
     }
 }
 

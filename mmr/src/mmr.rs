@@ -79,6 +79,12 @@ impl<S: NodeStore> Mmr<S> {
         &self.store
     }
 
+    /// The store, for a caller that stages the MMR's writes (for example in a database batch)
+    /// and commits them together with its own. It MUST NOT write nodes itself.
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.store
+    }
+
     /// Gives the store back, for a caller that reopens it later.
     pub fn into_store(self) -> S {
         self.store
