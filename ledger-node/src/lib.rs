@@ -6,6 +6,18 @@
 //! (apply a batch, build a proof, decide whether to cosign) is synchronous and testable
 //! without a runtime.
 
+pub mod admin_service;
+pub mod batcher;
+pub mod checkpointer;
+pub mod config;
 pub mod cosign;
+pub mod ledger_service;
+pub mod metrics;
+pub mod network;
+pub mod node;
+pub mod peer_service;
 pub mod storage;
+pub mod telemetry;
 pub mod types;
+
+pub use crate::node::{LedgerNode, run};

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::io::{self, Read, Write};
 
 use mmr::{
-    Checkpoint, CheckpointVerifier, Hash, Mmr, MmrError, NodePos, NodeReader, NodeStore, NoteLimits, TreeSize,
-    VerifierKey, VerifierPolicy,
+    Checkpoint, CheckpointVerifier, Hash, Mmr, MmrError, NodePos, NodeReader, NodeStore, NoteLimits,
+    TreeSize, VerifierKey, VerifierPolicy,
 };
 use openraft::EntryPayload;
 
@@ -15,8 +15,8 @@ use super::keys;
 use super::reader::{LedgerReader, ReadError};
 use super::snapshot::{Frame, SnapshotHeader, SnapshotReader, SnapshotWriter};
 use crate::types::{
-    AppendBatch, AppendOutcome, AppendedLeaf, Command, Entry, LogId, PublishCheckpoint, Record, RecordId, SnapshotMeta,
-    StoredMembership,
+    AppendBatch, AppendOutcome, AppendedLeaf, Command, Entry, LogId, PublishCheckpoint, Record, RecordId,
+    SnapshotMeta, StoredMembership,
 };
 
 /// The writer side of the ledger: owns the MMR's in-memory peaks and the applied position.
@@ -49,7 +49,9 @@ pub enum OpenError {
          directory from a healthy node (remove the node from the cluster, wipe it, add it back under a new id)"
     )]
     RootMismatch { size: TreeSize, stored: Hash, recomputed: Hash },
-    #[error("the ledger on disk is corrupt: {0}. Remove the node, wipe its data directory, add it under a new id")]
+    #[error(
+        "the ledger on disk is corrupt: {0}. Remove the node, wipe its data directory, add it under a new id"
+    )]
     Corrupt(String),
 }
 
@@ -74,11 +76,14 @@ impl Ledger {
         }
         let size = match tree.get(keys::META_SIZE).map_err(ReadError::from)? {
             None => TreeSize(0),
-            Some(value) => TreeSize(keys::u64_of(&value).ok_or_else(|| OpenError::Corrupt("tree size".into()))?),
+            Some(value) => {
+                TreeSize(keys::u64_of(&value).ok_or_else(|| OpenError::Corrupt("tree size".into()))?)
+            }
         };
         let last_applied = read_meta(tree, keys::META_APPLIED)?.unwrap_or(None);
         let membership = read_meta(tree, keys::META_MEMBERSHIP)?.unwrap_or_default();
-        let staged = StagedNodes { reader: reader.clone(), first: NodePos(size.node_count()), staged: Vec::new() };
+        let staged =
+            StagedNodes { reader: reader.clone(), first: NodePos(size.node_count()), staged: Vec::new() };
         let mmr = Mmr::open(staged, size).map_err(|error| match error {
             MmrError::Store(read) => OpenError::Read(read),
             other => OpenError::Corrupt(other.to_string()),
@@ -87,7 +92,9 @@ impl Ledger {
         let stored = match tree.get(keys::META_ROOT).map_err(ReadError::from)? {
             None if size.0 == 0 => mmr::empty_root(),
             None => return Err(OpenError::Corrupt(format!("no root stored for size {size}"))),
-            Some(value) => Hash::try_from(value.as_ref()).map_err(|_| OpenError::Corrupt("stored root".into()))?,
+            Some(value) => {
+                Hash::try_from(value.as_ref()).map_err(|_| OpenError::Corrupt("stored root".into()))?
+            }
         };
         if stored != recomputed {
             return Err(OpenError::RootMismatch { size, stored, recomputed });
@@ -110,7 +117,10 @@ impl Ledger {
     /// Applies committed entries in order, all in one atomic sled batch, and returns one
     /// outcome per entry. On error nothing was written and the in-memory state is reloaded
     /// from disk, so the ledger stays exactly at its last durable state.
-    pub fn apply(&mut self, entries: impl IntoIterator<Item = Entry>) -> Result<Vec<AppendOutcome>, ApplyError> {
+    pub fn apply(
+        &mut self,
+        entries: impl IntoIterator<Item = Entry>,
+    ) -> Result<Vec<AppendOutcome>, ApplyError> {
         let mut batch = sled::Batch::default();
         let mut outcomes = Vec::new();
         // Ids appended by this call but not yet in sled: duplicates within a call are found here.
@@ -217,7 +227,11 @@ impl Ledger {
     /// The header of a snapshot of the current state.
     pub fn snapshot_header(&self, snapshot_id: String) -> SnapshotHeader {
         SnapshotHeader {
-            meta: SnapshotMeta { last_log_id: self.last_applied, last_membership: self.membership.clone(), snapshot_id },
+            meta: SnapshotMeta {
+                last_log_id: self.last_applied,
+                last_membership: self.membership.clone(),
+                snapshot_id,
+            },
             size: self.mmr.size().0,
             root: self.mmr.root().0,
         }
@@ -226,7 +240,11 @@ impl Ledger {
     /// Streams the snapshot described by `header` (taken earlier from [`Self::snapshot_header`])
     /// into `out`. Needs only a reader: leaves and checkpoints below the header's size never
     /// change, so appends may continue meanwhile.
-    pub fn export_snapshot<W: Write>(reader: &LedgerReader, header: &SnapshotHeader, out: W) -> io::Result<W> {
+    pub fn export_snapshot<W: Write>(
+        reader: &LedgerReader,
+        header: &SnapshotHeader,
+        out: W,
+    ) -> io::Result<W> {
         let mut writer = SnapshotWriter::new(out, header)?;
         let mut expected = 0;
         for leaf in reader.leaves(0, header.size) {
@@ -238,7 +256,10 @@ impl Ledger {
             expected += 1;
         }
         if expected != header.size {
-            return Err(io::Error::other(format!("the ledger holds {expected} leaves, expected {}", header.size)));
+            return Err(io::Error::other(format!(
+                "the ledger holds {expected} leaves, expected {}",
+                header.size
+            )));
         }
         for checkpoint in reader.published_from(0) {
             let (size, note) = checkpoint.map_err(io::Error::other)?;
@@ -280,7 +301,10 @@ impl Ledger {
                     let index = ledger.mmr.size().0;
                     let record = Record::parse(0, bytes)
                         .map_err(|error| InstallError::Invalid(format!("leaf {index}: {error}")))?;
-                    ledger.mmr.append(&record.bytes).map_err(|error| InstallError::Invalid(error.to_string()))?;
+                    ledger
+                        .mmr
+                        .append(&record.bytes)
+                        .map_err(|error| InstallError::Invalid(error.to_string()))?;
                     batch.insert(&keys::with_u64(keys::LEAF, index), record.bytes);
                     batch.insert(&keys::with_record_id(&record.id.0), &index.to_be_bytes());
                     in_batch += 1;
@@ -333,8 +357,10 @@ pub fn voters_verifier(origin: &str, membership: &StoredMembership) -> Result<Ch
     let mut keys = Vec::new();
     for id in config.voter_ids() {
         let node = config.get_node(&id).ok_or_else(|| format!("voter {id} has no node info"))?;
-        let key: VerifierKey =
-            node.verifier_key.parse().map_err(|error| format!("voter {id} has an invalid verifier key: {error}"))?;
+        let key: VerifierKey = node
+            .verifier_key
+            .parse()
+            .map_err(|error| format!("voter {id} has an invalid verifier key: {error}"))?;
         keys.push(key);
     }
     let majority = keys.len() / 2 + 1;
@@ -373,7 +399,9 @@ impl NodeReader for StagedNodes {
 
     fn get(&self, pos: NodePos) -> Result<Option<Hash>, ReadError> {
         match pos.0.checked_sub(self.first.0) {
-            Some(offset) => Ok(usize::try_from(offset).ok().and_then(|offset| self.staged.get(offset)).copied()),
+            Some(offset) => {
+                Ok(usize::try_from(offset).ok().and_then(|offset| self.staged.get(offset)).copied())
+            }
             None => self.reader.get(pos),
         }
     }

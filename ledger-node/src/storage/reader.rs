@@ -49,7 +49,11 @@ impl LedgerReader {
     }
 
     /// Records `start..end` in index order (lazily read; stops at the first gap).
-    pub fn leaves(&self, start: u64, end: u64) -> impl Iterator<Item = Result<(u64, sled::IVec), ReadError>> + use<> {
+    pub fn leaves(
+        &self,
+        start: u64,
+        end: u64,
+    ) -> impl Iterator<Item = Result<(u64, sled::IVec), ReadError>> + use<> {
         let range = keys::with_u64(keys::LEAF, start)..keys::with_u64(keys::LEAF, end);
         self.tree.range(range).map(|item| {
             let (key, value) = item?;
@@ -61,7 +65,9 @@ impl LedgerReader {
     /// The leaf index of the record with this id, if it is in the log.
     pub fn leaf_index_of(&self, id: &RecordId) -> Result<Option<u64>, ReadError> {
         let Some(value) = self.tree.get(keys::with_record_id(&id.0))? else { return Ok(None) };
-        keys::u64_of(&value).map(Some).ok_or_else(|| ReadError::Corrupt(format!("record id index value {value:?}")))
+        keys::u64_of(&value)
+            .map(Some)
+            .ok_or_else(|| ReadError::Corrupt(format!("record id index value {value:?}")))
     }
 
     /// The published checkpoint note of exactly this size.
@@ -85,12 +91,16 @@ impl LedgerReader {
     }
 
     /// Published checkpoints of sizes `first_size..`, smallest first.
-    pub fn published_from(&self, first_size: u64) -> impl Iterator<Item = Result<(u64, String), ReadError>> + use<> {
+    pub fn published_from(
+        &self,
+        first_size: u64,
+    ) -> impl Iterator<Item = Result<(u64, String), ReadError>> + use<> {
         let start = keys::with_u64(keys::CHECKPOINT, first_size);
         let end = [keys::CHECKPOINT + 1];
         self.tree.range(start.as_slice()..end.as_slice()).map(|item| {
             let (key, note) = item?;
-            let size = keys::u64_of(&key).ok_or_else(|| ReadError::Corrupt(format!("checkpoint key {key:?}")))?;
+            let size =
+                keys::u64_of(&key).ok_or_else(|| ReadError::Corrupt(format!("checkpoint key {key:?}")))?;
             Ok((size, note_text(&note)?))
         })
     }
@@ -108,5 +118,6 @@ impl NodeReader for LedgerReader {
 }
 
 fn note_text(bytes: &[u8]) -> Result<String, ReadError> {
-    String::from_utf8(bytes.to_vec()).map_err(|_| ReadError::Corrupt("a stored checkpoint is not UTF-8".to_owned()))
+    String::from_utf8(bytes.to_vec())
+        .map_err(|_| ReadError::Corrupt("a stored checkpoint is not UTF-8".to_owned()))
 }

@@ -14,7 +14,9 @@ use super::durable::Syncer;
 use super::ledger::{AppliedState, Ledger, OpenError};
 use super::reader::LedgerReader;
 use super::snapshot::{SnapshotHeader, SnapshotReader};
-use crate::types::{AppendOutcome, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::types::{
+    AppendOutcome, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
 
 /// How many records an installing snapshot writes to sled per batch: bounds memory while a
 /// node joins a ledger larger than memory.
@@ -46,7 +48,8 @@ impl StateMachineStore {
     /// Fails if the stored state cannot be trusted (see [`OpenError`]).
     pub fn open(db: &sled::Db, snapshot_dir: &Path, origin: &str, syncer: Syncer) -> Result<Self, OpenError> {
         let ledger = Ledger::open(LedgerReader::open(db)?, origin)?;
-        fs::create_dir_all(snapshot_dir).map_err(|error| OpenError::Corrupt(format!("snapshot directory: {error}")))?;
+        fs::create_dir_all(snapshot_dir)
+            .map_err(|error| OpenError::Corrupt(format!("snapshot directory: {error}")))?;
         remove_partial_snapshots(snapshot_dir);
         let (applied, _) = watch::channel(ledger.state());
         Ok(Self {
@@ -126,14 +129,29 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
         let path = self.snapshot_dir.join(format!("receiving-{}.partial", std::process::id()));
-        let file = tokio::fs::File::create(&path).await.map_err(|error| snapshot_error(ErrorVerb::Write, error))?;
+        // Read and write: install_snapshot reads back what the leader's chunks wrote.
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .await
+            .map_err(|error| snapshot_error(ErrorVerb::Write, error))?;
         self.receiving = Some(path);
         Ok(Box::new(file))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<tokio::fs::File>) -> Result<(), StorageError> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError> {
         let received = self.receiving.take().ok_or_else(|| {
-            snapshot_error(ErrorVerb::Write, io::Error::other("install_snapshot without begin_receiving_snapshot"))
+            snapshot_error(
+                ErrorVerb::Write,
+                io::Error::other("install_snapshot without begin_receiving_snapshot"),
+            )
         })?;
         let mut file = snapshot.into_std().await;
         let ledger = Arc::clone(&self.ledger);
@@ -145,14 +163,27 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             file.rewind()?;
             let mut ledger = ledger.lock().expect("the ledger lock is never poisoned");
             let reader = ledger.reader().clone();
-            let installed = Ledger::install_snapshot(reader, origin, BufReader::new(&file), INSTALL_LEAVES_PER_BATCH)
-                .map_err(io::Error::other)?;
+            let installed =
+                Ledger::install_snapshot(reader, origin, BufReader::new(&file), INSTALL_LEAVES_PER_BATCH)
+                    .map_err(io::Error::other)?;
             if installed.state().last_applied != expected.last_log_id {
-                return Err(io::Error::other("the snapshot's header does not match the metadata the leader sent"));
+                return Err(io::Error::other(
+                    "the snapshot's header does not match the metadata the leader sent",
+                ));
             }
             *ledger = installed;
+            // Keep what was installed as this node's current snapshot. Copied from the file
+            // openraft handed back (not renamed from `received`): that is the data installed.
             let path = snapshot_dir.join(snapshot_file_name(&expected.snapshot_id));
-            fs::rename(&received, &path)?;
+            let partial = path.with_extension("partial");
+            file.rewind()?;
+            let mut copy = fs::File::create(&partial)?;
+            io::copy(&mut file, &mut copy)?;
+            copy.sync_all()?;
+            fs::rename(&partial, &path)?;
+            if received != partial {
+                let _ = fs::remove_file(&received);
+            }
             keep_only_snapshot(&snapshot_dir, &path)?;
             Ok::<_, io::Error>(ledger.state())
         })
@@ -170,7 +201,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .await
             .map_err(|error| snapshot_error(ErrorVerb::Read, io::Error::other(error)))?
             .map_err(|error| snapshot_error(ErrorVerb::Read, error))?;
-        Ok(current.map(|(header, file)| Snapshot { meta: header.meta, snapshot: Box::new(tokio::fs::File::from_std(file)) }))
+        Ok(current.map(|(header, file)| Snapshot {
+            meta: header.meta,
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
+        }))
     }
 }
 
@@ -182,7 +216,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let file = tokio::task::spawn_blocking(move || {
             let path = dir.join(snapshot_file_name(&header.meta.snapshot_id));
             let partial = path.with_extension("partial");
-            let mut out = Ledger::export_snapshot(&reader, &header, BufWriter::new(fs::File::create(&partial)?))?;
+            let mut out =
+                Ledger::export_snapshot(&reader, &header, BufWriter::new(fs::File::create(&partial)?))?;
             out.flush()?;
             out.get_ref().sync_all()?;
             fs::rename(&partial, &path)?;
@@ -226,9 +261,10 @@ fn newest_snapshot(dir: &Path) -> io::Result<Option<PathBuf>> {
     let mut newest: Option<PathBuf> = None;
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
-        let is_snapshot = path.file_name().and_then(|name| name.to_str()).is_some_and(|name| {
-            name.starts_with("snapshot-") && name.ends_with(SNAPSHOT_SUFFIX)
-        });
+        let is_snapshot = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .is_some_and(|name| name.starts_with("snapshot-") && name.ends_with(SNAPSHOT_SUFFIX));
         if is_snapshot && newest.as_ref().is_none_or(|current| path > *current) {
             newest = Some(path);
         }
@@ -253,10 +289,10 @@ fn keep_only_snapshot(dir: &Path, keep: &Path) -> io::Result<()> {
 fn remove_partial_snapshots(dir: &Path) {
     let Ok(entries) = fs::read_dir(dir) else { return };
     for path in entries.flatten().map(|entry| entry.path()) {
-        if path.extension().is_some_and(|extension| extension == "partial") {
-            if let Err(error) = fs::remove_file(&path) {
-                tracing::warn!(path = %path.display(), %error, "could not remove a partial snapshot");
-            }
+        if path.extension().is_some_and(|extension| extension == "partial")
+            && let Err(error) = fs::remove_file(&path)
+        {
+            tracing::warn!(path = %path.display(), %error, "could not remove a partial snapshot");
         }
     }
 }

@@ -59,8 +59,10 @@ fn duplicate_record_ids_are_not_appended_twice() {
     ledger.apply(vec![append_entry(1, 0..5)]).expect("apply");
     // Record 2 again in a later entry, record 7 twice in one entry, record 4 in the same call.
     let outcomes = ledger.apply(vec![append_entry(2, [2, 7, 7]), append_entry(3, [4, 8])]).expect("apply");
-    let leaves: Vec<(u64, bool)> =
-        outcomes.iter().flat_map(|o| o.leaves.iter().map(|leaf| (leaf.leaf_index, leaf.already_present))).collect();
+    let leaves: Vec<(u64, bool)> = outcomes
+        .iter()
+        .flat_map(|o| o.leaves.iter().map(|leaf| (leaf.leaf_index, leaf.already_present)))
+        .collect();
     assert_eq!(leaves, vec![(2, true), (5, false), (5, true), (4, true), (6, false)]);
     assert_eq!(ledger.state().size, TreeSize(7));
     let mut expected = expected_mmr(5);
@@ -142,7 +144,10 @@ fn snapshots_rebuild_the_same_ledger_and_refuse_damage() {
 }
 
 fn publish_entry(index: u64, note: String) -> Entry {
-    Entry { log_id: log_id(1, index), payload: EntryPayload::Normal(Command::Publish(PublishCheckpoint { note })) }
+    Entry {
+        log_id: log_id(1, index),
+        payload: EntryPayload::Normal(Command::Publish(PublishCheckpoint { note })),
+    }
 }
 
 #[test]
@@ -156,8 +161,10 @@ fn only_majority_signed_checkpoints_of_this_tree_are_published() {
     let (one, two, three) = (signer(1), signer(2), signer(3));
 
     let only_one = checkpoint.sign(&[&one]).expect("sign").to_string();
-    let wrong_root = Checkpoint::new(ORIGIN, TreeSize(20), leaf_hash(b"other")).sign(&[&one, &two]).expect("sign");
-    let wrong_origin = Checkpoint::new("other/log", TreeSize(20), root_at_20).sign(&[&one, &two]).expect("sign");
+    let wrong_root =
+        Checkpoint::new(ORIGIN, TreeSize(20), leaf_hash(b"other")).sign(&[&one, &two]).expect("sign");
+    let wrong_origin =
+        Checkpoint::new("other/log", TreeSize(20), root_at_20).sign(&[&one, &two]).expect("sign");
     let outsider = signer(9);
     let outsiders = checkpoint.sign(&[&one, &outsider]).expect("sign").to_string();
     ledger

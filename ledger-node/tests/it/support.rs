@@ -11,7 +11,10 @@ use prost::Message as _;
 pub(crate) fn record_id(n: u64) -> String {
     let mut random = [0u8; 10];
     random[2..].copy_from_slice(&n.to_be_bytes());
-    uuid::Builder::from_unix_timestamp_millis(1_700_000_000_000 + n, &random).into_uuid().hyphenated().to_string()
+    uuid::Builder::from_unix_timestamp_millis(1_700_000_000_000 + n, &random)
+        .into_uuid()
+        .hyphenated()
+        .to_string()
 }
 
 /// The encoded AuditRecord of test record `n`, as a gateway would send it.
@@ -39,7 +42,10 @@ pub(crate) fn log_id(term: u64, index: u64) -> LogId<u64> {
 /// An entry at `index` appending records `numbers`.
 pub(crate) fn append_entry(index: u64, numbers: impl IntoIterator<Item = u64>) -> Entry {
     let records = numbers.into_iter().map(record).collect();
-    Entry { log_id: log_id(1, index), payload: EntryPayload::Normal(Command::Append(AppendBatch { records })) }
+    Entry {
+        log_id: log_id(1, index),
+        payload: EntryPayload::Normal(Command::Append(AppendBatch { records })),
+    }
 }
 
 /// A signer for node `id`, with a fixed seed so tests are reproducible.
@@ -62,5 +68,8 @@ pub(crate) fn membership_entry(index: u64, ids: &[u64]) -> Entry {
             (id, info)
         })
         .collect();
-    Entry { log_id: log_id(1, index), payload: EntryPayload::Membership(Membership::new(vec![voters], nodes)) }
+    Entry {
+        log_id: log_id(1, index),
+        payload: EntryPayload::Membership(Membership::new(vec![voters], nodes)),
+    }
 }

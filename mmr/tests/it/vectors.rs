@@ -208,7 +208,11 @@ fn copies_match_shared_vectors_where_present() {
     let crate_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     for name in ["merkle.json", "checkpoint.json"] {
         let Ok(upstream) = std::fs::read(crate_dir.join("../../shared/vectors").join(name)) else { continue };
-        let copy = std::fs::read(crate_dir.join("tests/vectors").join(name)).expect("the copy is in the repository");
-        assert!(upstream == copy, "mmr/tests/vectors/{name} differs from shared/vectors/{name}: copy it again");
+        let copy =
+            std::fs::read(crate_dir.join("tests/vectors").join(name)).expect("the copy is in the repository");
+        assert!(
+            upstream == copy,
+            "mmr/tests/vectors/{name} differs from shared/vectors/{name}: copy it again"
+        );
     }
 }

@@ -84,10 +84,7 @@ fn names_the_three_services_and_their_methods() {
                 "WatchCheckpoints",
             ][..],
         ),
-        (
-            "aegis.ledger.v1.RaftPeer",
-            &["AppendEntries", "Vote", "InstallSnapshot", "StreamSnapshot", "Cosign"][..],
-        ),
+        ("aegis.ledger.v1.RaftPeer", &["AppendEntries", "Vote", "InstallSnapshot", "Cosign"][..]),
     ]
     .into_iter()
     .map(|(name, methods)| (name.to_owned(), methods.iter().map(|method| (*method).to_owned()).collect()))
