@@ -3,6 +3,7 @@
 // openraft's StorageError (224 bytes) is what its storage traits return; test doubles must too.
 #![allow(clippy::result_large_err)]
 
+mod cluster;
 mod config;
 mod ledger;
 mod log_store;
