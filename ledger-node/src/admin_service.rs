@@ -215,6 +215,12 @@ impl proto::Admin for AdminService {
             nodes,
             verifier_key: self.own.verifier_key.clone(),
             verifier_keys: membership.nodes().map(|(_, info)| info.verifier_key.clone()).collect(),
+            node: Some(v1::Node {
+                node_id: self.node_id,
+                peer_addr: self.own.peer_addr.clone(),
+                client_addr: self.own.client_addr.clone(),
+                verifier_key: self.own.verifier_key.clone(),
+            }),
             healthy: self.health.is_healthy(),
             health_detail: self.health.reason().unwrap_or_default(),
         }))

@@ -667,8 +667,8 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             record_bytes_max: 64 * 1024,
-            append_records_max: 4096,
-            append_bytes_max: 8 * 1024 * 1024,
+            append_records_max: 1024,
+            append_bytes_max: 112 * 1024,
             message_bytes_max: 16 * 1024 * 1024,
             concurrent_appends_max: 4096,
             entries_per_request_max: 10_000,
@@ -681,8 +681,12 @@ impl Default for LimitsConfig {
 impl Default for GroupCommitConfig {
     fn default() -> Self {
         Self {
-            entry_records_max: 8192,
-            entry_bytes_max: 8 * 1024 * 1024,
+            entry_records_max: 1024,
+            // sled keeps up to 16 values in a leaf page and rewrites whole pages, and a page
+            // over a quarter of a segment (`storage::SLED_SEGMENT_BYTES`) becomes a file of its
+            // own, written and fsynced apart from the log. Entries of at most 112 KiB keep a
+            // page of the Raft log under that threshold.
+            entry_bytes_max: 112 * 1024,
             linger_us: 200,
             queue_records_max: 65_536,
         }

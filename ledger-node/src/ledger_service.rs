@@ -343,7 +343,7 @@ impl proto::Ledger for LedgerService {
         let record =
             record.ok_or_else(|| Status::internal(format!("leaf {index} is missing from this node")))?;
         self.metrics.proof_latency_seconds(ProofKind::Inclusion).observe(started.elapsed().as_secs_f64());
-        Ok(Response::new(v1::GetInclusionProofResponse::from_proof(&proof, record.to_vec(), checkpoint)))
+        Ok(Response::new(v1::GetInclusionProofResponse::from_proof(&proof, record, checkpoint)))
     }
 
     async fn get_consistency_proof(

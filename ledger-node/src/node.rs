@@ -75,6 +75,7 @@ impl LedgerNode {
         let sled_dir = config.data_dir.join("sled");
         let db = sled::Config::new()
             .path(&sled_dir)
+            .segment_size(crate::storage::SLED_SEGMENT_BYTES)
             .open()
             .with_context(|| format!("opening the sled database in {}", sled_dir.display()))?;
         let mode = if config.durability.fsync { SyncMode::Fdatasync } else { SyncMode::SledFlushOnly };

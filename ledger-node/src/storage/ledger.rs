@@ -11,9 +11,9 @@ use mmr::{
 };
 use openraft::EntryPayload;
 
-use super::keys;
 use super::reader::{LedgerReader, ReadError};
 use super::snapshot::{Frame, SnapshotHeader, SnapshotReader, SnapshotWriter};
+use super::{keys, runs};
 use crate::types::{
     AppendBatch, AppendOutcome, AppendedLeaf, Command, Entry, LogId, PublishCheckpoint, Record, RecordId,
     SnapshotMeta, StoredMembership,
@@ -28,6 +28,9 @@ pub struct Ledger {
     membership: StoredMembership,
     /// The checkpoint origin of this cluster: publications for another origin are refused.
     origin: String,
+    /// Records appended since the last flush into a sled batch; they are the last leaves of
+    /// the MMR and are written as runs (`runs.rs`).
+    pending_leaves: Vec<Vec<u8>>,
 }
 
 /// What the ledger has applied: the state readers serve from.
@@ -99,7 +102,7 @@ impl Ledger {
         if stored != recomputed {
             return Err(OpenError::RootMismatch { size, stored, recomputed });
         }
-        Ok(Self { reader, mmr, last_applied, membership, origin: origin.into() })
+        Ok(Self { reader, mmr, last_applied, membership, origin: origin.into(), pending_leaves: Vec::new() })
     }
 
     pub fn reader(&self) -> &LedgerReader {
@@ -151,6 +154,7 @@ impl Ledger {
             Ok(())
         })();
         if let Err(error) = result {
+            self.pending_leaves.clear();
             tracing::error!(%error, "applying committed entries failed: reloading the ledger from disk");
             self.reload()?;
             return Err(error);
@@ -178,8 +182,8 @@ impl Ledger {
                 MmrError::Store(read) => ApplyError::Read(read),
                 other => ApplyError::Corrupt(other.to_string()),
             })?;
-            batch.insert(&keys::with_u64(keys::LEAF, index.0), record.bytes);
             batch.insert(&keys::with_record_id(&record.id.0), &index.0.to_be_bytes());
+            self.pending_leaves.push(record.bytes);
             pending_ids.insert(record.id, index.0);
             leaves.push(AppendedLeaf { leaf_index: index.0, already_present: false });
         }
@@ -292,6 +296,7 @@ impl Ledger {
             last_applied: header.meta.last_log_id,
             membership: header.meta.last_membership.clone(),
             origin: origin.into(),
+            pending_leaves: Vec::new(),
         };
         let mut batch = sled::Batch::default();
         let mut in_batch = 0;
@@ -334,14 +339,23 @@ impl Ledger {
         Ok(Ledger::open(reader, std::mem::take(&mut ledger.origin))?)
     }
 
-    /// Moves the MMR nodes staged so far into `batch`.
+    /// Moves the MMR nodes and records staged so far into `batch`, as runs.
     fn flush_staged(&mut self, batch: &mut sled::Batch) {
         let nodes = self.mmr.store_mut();
-        for (pos, hash) in (nodes.first.0..).zip(&nodes.staged) {
-            batch.insert(&keys::with_u64(keys::NODE, pos), &hash.0);
+        for (chunk, hashes) in nodes.staged.chunks(runs::NODES_PER_RUN_MAX).enumerate() {
+            let first = nodes.first.0 + (chunk * runs::NODES_PER_RUN_MAX) as u64;
+            let run: Vec<u8> = hashes.iter().flat_map(|hash| hash.0).collect();
+            batch.insert(&keys::with_u64(keys::NODE, first), run);
         }
         nodes.first.0 += nodes.staged.len() as u64;
         nodes.staged.clear();
+
+        let first_leaf = self.mmr.size().0 - self.pending_leaves.len() as u64;
+        for (offset, count) in runs::leaf_run_bounds(&self.pending_leaves) {
+            let run = runs::encode_leaf_run(&self.pending_leaves[offset..offset + count]);
+            batch.insert(&keys::with_u64(keys::LEAF, first_leaf + offset as u64), run);
+        }
+        self.pending_leaves.clear();
     }
 
     fn reload(&mut self) -> Result<(), ApplyError> {

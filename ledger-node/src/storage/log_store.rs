@@ -72,7 +72,7 @@ impl LogStore {
         let mut batch = sled::Batch::default();
         let mut last_log_id = None;
         for entry in entries {
-            let value = encode(&entry, || ErrorSubject::Log(entry.log_id))?;
+            let value = encode_entry(&entry)?;
             batch.insert(&index_key(entry.log_id.index)[..], value);
             last_log_id = Some(entry.log_id);
         }
@@ -300,6 +300,19 @@ fn decode_entry(key: &[u8], value: &[u8]) -> Result<Entry, StorageError> {
         return Err(storage_error(ErrorSubject::LogIndex(index), ErrorVerb::Read, AnyError::error(message)));
     }
     Ok(entry)
+}
+
+/// Encodes an entry into a buffer sized for it up front: entries are up to a megabyte, and
+/// growing the buffer by doubling costs reallocations and fresh pages on the hot path.
+fn encode_entry(entry: &Entry) -> Result<Vec<u8>, StorageError> {
+    let size_hint = match &entry.payload {
+        openraft::EntryPayload::Normal(crate::types::Command::Append(batch)) => {
+            batch.records.iter().map(|record| record.bytes.len() + 24).sum::<usize>() + 64
+        }
+        _ => 256,
+    };
+    postcard::to_extend(entry, Vec::with_capacity(size_hint))
+        .map_err(|error| io_error(ErrorSubject::Log(entry.log_id), ErrorVerb::Write, &error))
 }
 
 fn encode<T: Serialize>(

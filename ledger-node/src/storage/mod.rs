@@ -6,5 +6,12 @@ pub mod keys;
 pub mod ledger;
 pub mod log_store;
 pub mod reader;
+mod runs;
 pub mod snapshot;
 pub mod state_machine;
+
+/// sled's segment size. sled stores any value larger than a quarter of a segment as a file of
+/// its own ("blob"), created and fsynced apart from its log; with the default 512 KiB segments
+/// a Raft entry of a few hundred records would be a blob. 8 MiB segments keep entries up to
+/// 2 MiB in the log. Fixed when the database is created: changing it needs a new database.
+pub const SLED_SEGMENT_BYTES: usize = 8 * 1024 * 1024;

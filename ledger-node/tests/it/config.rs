@@ -71,8 +71,8 @@ fn defaults_fill_everything_but_the_required_settings() {
         },
         limits: LimitsConfig {
             record_bytes_max: 65_536,
-            append_records_max: 4096,
-            append_bytes_max: 8 << 20,
+            append_records_max: 1024,
+            append_bytes_max: 112 << 10,
             message_bytes_max: 16 << 20,
             concurrent_appends_max: 4096,
             entries_per_request_max: 10_000,
@@ -80,8 +80,8 @@ fn defaults_fill_everything_but_the_required_settings() {
             watch_subscribers_max: 1024,
         },
         group_commit: GroupCommitConfig {
-            entry_records_max: 8192,
-            entry_bytes_max: 8 << 20,
+            entry_records_max: 1024,
+            entry_bytes_max: 112 << 10,
             linger_us: 200,
             queue_records_max: 65_536,
         },
@@ -733,8 +733,8 @@ fn invalid_limits_are_named() {
     check_invalid(
         |config| {
             config.limits.message_bytes_max = 10 << 20;
-            config.group_commit.entry_records_max = 100_000;
-            config.group_commit.queue_records_max = 100_000;
+            config.group_commit.entry_records_max = 400_000;
+            config.group_commit.queue_records_max = 400_000;
         },
         "limits.message_bytes_max",
         "Raft entry",

@@ -46,7 +46,7 @@ fn applied_records_get_contiguous_indexes_and_the_expected_root() {
     assert_eq!(state.last_applied, Some(log_id(1, 3)));
     // Leaves are the exact bytes; proofs from the reader verify against the root.
     let reader = ledger.reader();
-    assert_eq!(reader.leaf(7).expect("read").expect("present").as_ref(), record_bytes(7).as_slice());
+    assert_eq!(reader.leaf(7).expect("read").expect("present"), record_bytes(7));
     let proof = reader.view(TreeSize(11)).inclusion_proof(LeafIndex(7), TreeSize(11)).expect("proof");
     assert_eq!(proof.verify(&leaf_hash(&record_bytes(7)), &state.root), Ok(()));
 }
@@ -95,18 +95,21 @@ fn a_corrupted_node_is_detected_at_start_up() {
     let mut ledger = open(&db).expect("opens");
     ledger.apply(vec![append_entry(1, 0..100)]).expect("apply");
     drop(ledger);
-    // 100 leaves: peaks of heights 6, 5 and 2. Flip a bit of the first peak (position 126).
+    // 100 leaves: peaks of heights 6, 5 and 2. The 197 nodes were applied together, so they
+    // form one run stored under position 0. Flip a bit of the first peak (position 126).
     let tree = db.open_tree("ledger").expect("tree");
-    let key = [&[b'n'][..], &126u64.to_be_bytes()].concat();
-    let mut node = tree.get(&key).expect("read").expect("the peak is stored").to_vec();
-    node[0] ^= 1;
-    tree.insert(&key, node).expect("corrupt it");
+    let key = [&[b'n'][..], &0u64.to_be_bytes()].concat();
+    let run = tree.get(&key).expect("read").expect("the node run is stored").to_vec();
+    assert_eq!(run.len(), 197 * 32);
+    let mut corrupted = run.clone();
+    corrupted[126 * 32] ^= 1;
+    tree.insert(&key, corrupted).expect("corrupt it");
     assert!(matches!(open(&db), Err(OpenError::RootMismatch { size: TreeSize(100), .. })));
 
-    // A node of the wrong length is corrupt too.
-    tree.insert(&key, &[0u8; 31][..]).expect("truncate it");
-    let error = open(&db).expect_err("a 31-byte node must be refused").to_string();
-    assert!(error.contains("31 bytes"), "{error}");
+    // A run that is not whole hashes is corrupt too.
+    tree.insert(&key, &run[..run.len() - 1]).expect("truncate it");
+    let error = open(&db).expect_err("a malformed run must be refused").to_string();
+    assert!(error.contains("malformed"), "{error}");
 }
 
 #[test]

@@ -730,7 +730,7 @@ async fn sled_nodes_elect_and_replicate_through_the_network() {
     assert_eq!(applied(follower).0, TreeSize(200));
     for leaf_index in [0, 100, 199] {
         let leaf = follower.state.reader.leaf(leaf_index).expect("readable").expect("present");
-        assert_eq!(leaf.as_ref(), crate::support::record_bytes(leaf_index).as_slice(), "leaf {leaf_index}");
+        assert_eq!(leaf, crate::support::record_bytes(leaf_index), "leaf {leaf_index}");
     }
 
     node_1.stop().await;
