@@ -9,8 +9,8 @@
 //! - `proofs`: fetches inclusion proofs of random leaves against the latest published
 //!   checkpoint, verifies a sample, and reports proofs/s and latency percentiles.
 
-// A command-line tool: its output is its interface.
-#![allow(clippy::print_stdout)]
+// A command-line tool: its output is its interface, and its statistics are floating point.
+#![allow(clippy::print_stdout, clippy::cast_possible_truncation)]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -281,7 +281,11 @@ fn print_percentiles(what: &str, latencies: &[Duration]) {
     }
     let mut sorted = latencies.to_vec();
     sorted.sort_unstable();
-    let at = |quantile: f64| sorted[((sorted.len() - 1) as f64 * quantile).round() as usize];
+    // Nearest-rank percentile: index ⌈q·n⌉ − 1.
+    let at = |quantile: f64| {
+        let rank = (sorted.len() as f64 * quantile).ceil() as u64;
+        sorted[usize::try_from(rank.saturating_sub(1)).unwrap_or(0).min(sorted.len() - 1)]
+    };
     println!(
         "{what}: p50 {:.2} ms, p99 {:.2} ms, p999 {:.2} ms, max {:.2} ms",
         at(0.50).as_secs_f64() * 1e3,
