@@ -76,6 +76,8 @@ impl LedgerNode {
         let db = sled::Config::new()
             .path(&sled_dir)
             .segment_size(crate::storage::SLED_SEGMENT_BYTES)
+            // The ledger only appends: favour write throughput over rewriting for space.
+            .mode(sled::Mode::HighThroughput)
             .open()
             .with_context(|| format!("opening the sled database in {}", sled_dir.display()))?;
         let mode = if config.durability.fsync { SyncMode::Fdatasync } else { SyncMode::SledFlushOnly };

@@ -4,9 +4,9 @@
 /// Name of the sled tree that holds the ledger state (the Raft log lives in trees of its own).
 pub(crate) const LEDGER_TREE: &str = "ledger";
 
-/// `n` + position of its first node → a run of consecutive MMR node hashes (`runs.rs`).
+/// `n` + block number → a block of consecutive MMR node hashes (`blocks.rs`).
 pub(crate) const NODE: u8 = b'n';
-/// `l` + index of its first leaf → a run of consecutive records, each exactly as received.
+/// `l` + block number → a block of consecutive records, each exactly as received.
 pub(crate) const LEAF: u8 = b'l';
 /// `i` + 16-byte record id → leaf index (8 bytes).
 pub(crate) const RECORD_ID: u8 = b'i';

@@ -13,7 +13,7 @@ use openraft::EntryPayload;
 
 use super::reader::{LedgerReader, ReadError};
 use super::snapshot::{Frame, SnapshotHeader, SnapshotReader, SnapshotWriter};
-use super::{keys, runs};
+use super::{blocks, keys};
 use crate::types::{
     AppendBatch, AppendOutcome, AppendedLeaf, Command, Entry, LogId, PublishCheckpoint, Record, RecordId,
     SnapshotMeta, StoredMembership,
@@ -28,9 +28,13 @@ pub struct Ledger {
     membership: StoredMembership,
     /// The checkpoint origin of this cluster: publications for another origin are refused.
     origin: String,
-    /// Records appended since the last flush into a sled batch; they are the last leaves of
-    /// the MMR and are written as runs (`runs.rs`).
+    /// Records appended since the last flush into a sled batch: the last leaves of the MMR.
     pending_leaves: Vec<Vec<u8>>,
+    /// The hashes in the last, partial node block (`blocks.rs`), kept so that flushing can
+    /// rewrite the block without reading it back.
+    node_tail: Vec<u8>,
+    /// The records in the last, partial leaf block, likewise.
+    leaf_tail: Vec<Vec<u8>>,
 }
 
 /// What the ledger has applied: the state readers serve from.
@@ -102,7 +106,17 @@ impl Ledger {
         if stored != recomputed {
             return Err(OpenError::RootMismatch { size, stored, recomputed });
         }
-        Ok(Self { reader, mmr, last_applied, membership, origin: origin.into(), pending_leaves: Vec::new() })
+        let (node_tail, leaf_tail) = read_tails(&reader, size)?;
+        Ok(Self {
+            reader,
+            mmr,
+            last_applied,
+            membership,
+            origin: origin.into(),
+            pending_leaves: Vec::new(),
+            node_tail,
+            leaf_tail,
+        })
     }
 
     pub fn reader(&self) -> &LedgerReader {
@@ -297,6 +311,8 @@ impl Ledger {
             membership: header.meta.last_membership.clone(),
             origin: origin.into(),
             pending_leaves: Vec::new(),
+            node_tail: Vec::new(),
+            leaf_tail: Vec::new(),
         };
         let mut batch = sled::Batch::default();
         let mut in_batch = 0;
@@ -310,8 +326,8 @@ impl Ledger {
                         .mmr
                         .append(&record.bytes)
                         .map_err(|error| InstallError::Invalid(error.to_string()))?;
-                    batch.insert(&keys::with_u64(keys::LEAF, index), record.bytes);
                     batch.insert(&keys::with_record_id(&record.id.0), &index.to_be_bytes());
+                    ledger.pending_leaves.push(record.bytes);
                     in_batch += 1;
                     if in_batch == leaves_per_batch {
                         ledger.flush_staged(&mut batch);
@@ -339,23 +355,40 @@ impl Ledger {
         Ok(Ledger::open(reader, std::mem::take(&mut ledger.origin))?)
     }
 
-    /// Moves the MMR nodes and records staged so far into `batch`, as runs.
+    /// Moves the MMR nodes and records staged so far into `batch`, as blocks: every block they
+    /// complete, and the partial block at the end rewritten with them.
     fn flush_staged(&mut self, batch: &mut sled::Batch) {
-        let nodes = self.mmr.store_mut();
-        for (chunk, hashes) in nodes.staged.chunks(runs::NODES_PER_RUN_MAX).enumerate() {
-            let first = nodes.first.0 + (chunk * runs::NODES_PER_RUN_MAX) as u64;
-            let run: Vec<u8> = hashes.iter().flat_map(|hash| hash.0).collect();
-            batch.insert(&keys::with_u64(keys::NODE, first), run);
+        let staged = std::mem::take(&mut self.mmr.store_mut().staged);
+        let mut pos = self.mmr.store().first.0;
+        for hash in &staged {
+            self.node_tail.extend_from_slice(&hash.0);
+            pos += 1;
+            if pos.is_multiple_of(blocks::NODES_PER_BLOCK) {
+                let full = std::mem::take(&mut self.node_tail);
+                batch.insert(&keys::with_u64(keys::NODE, (pos - 1) / blocks::NODES_PER_BLOCK), full);
+            }
         }
-        nodes.first.0 += nodes.staged.len() as u64;
-        nodes.staged.clear();
+        if !staged.is_empty() && !self.node_tail.is_empty() {
+            batch.insert(&keys::with_u64(keys::NODE, pos / blocks::NODES_PER_BLOCK), self.node_tail.clone());
+        }
+        self.mmr.store_mut().first = NodePos(pos);
 
-        let first_leaf = self.mmr.size().0 - self.pending_leaves.len() as u64;
-        for (offset, count) in runs::leaf_run_bounds(&self.pending_leaves) {
-            let run = runs::encode_leaf_run(&self.pending_leaves[offset..offset + count]);
-            batch.insert(&keys::with_u64(keys::LEAF, first_leaf + offset as u64), run);
+        let pending = std::mem::take(&mut self.pending_leaves);
+        let mut index = self.mmr.size().0 - pending.len() as u64;
+        let any_pending = !pending.is_empty();
+        for record in pending {
+            self.leaf_tail.push(record);
+            index += 1;
+            if index.is_multiple_of(blocks::LEAVES_PER_BLOCK) {
+                let block = blocks::encode_leaf_block(&self.leaf_tail);
+                self.leaf_tail.clear();
+                batch.insert(&keys::with_u64(keys::LEAF, (index - 1) / blocks::LEAVES_PER_BLOCK), block);
+            }
         }
-        self.pending_leaves.clear();
+        if any_pending && !self.leaf_tail.is_empty() {
+            let block = blocks::encode_leaf_block(&self.leaf_tail);
+            batch.insert(&keys::with_u64(keys::LEAF, index / blocks::LEAVES_PER_BLOCK), block);
+        }
     }
 
     fn reload(&mut self) -> Result<(), ApplyError> {
@@ -363,6 +396,42 @@ impl Ledger {
             .map_err(|error| ApplyError::Corrupt(error.to_string()))?;
         Ok(())
     }
+}
+
+/// Reads the partial last node and leaf blocks of a tree of `size` leaves.
+fn read_tails(reader: &LedgerReader, size: TreeSize) -> Result<(Vec<u8>, Vec<Vec<u8>>), OpenError> {
+    let tree = reader.tree();
+    let node_count = size.node_count();
+    let node_tail = match usize::try_from(node_count % blocks::NODES_PER_BLOCK).unwrap_or(usize::MAX) {
+        0 => Vec::new(),
+        in_tail => {
+            let key = keys::with_u64(keys::NODE, node_count / blocks::NODES_PER_BLOCK);
+            let block = tree.get(key).map_err(ReadError::from)?.unwrap_or_default();
+            if blocks::node_block_len(&block) != Some(in_tail) {
+                return Err(OpenError::Corrupt(format!("the last node block does not hold {in_tail} nodes")));
+            }
+            block.to_vec()
+        }
+    };
+    let leaf_tail = match usize::try_from(size.0 % blocks::LEAVES_PER_BLOCK).unwrap_or(usize::MAX) {
+        0 => Vec::new(),
+        in_tail => {
+            let key = keys::with_u64(keys::LEAF, size.0 / blocks::LEAVES_PER_BLOCK);
+            let block = tree.get(key).map_err(ReadError::from)?.unwrap_or_default();
+            let records: Option<Vec<Vec<u8>>> = (0..in_tail)
+                .map(|offset| blocks::leaf_in_block(&block, offset).map(<[u8]>::to_vec))
+                .collect();
+            match records {
+                Some(records) if blocks::leaf_block_len(&block) == Some(in_tail) => records,
+                _ => {
+                    return Err(OpenError::Corrupt(format!(
+                        "the last leaf block does not hold {in_tail} records"
+                    )));
+                }
+            }
+        }
+    };
+    Ok((node_tail, leaf_tail))
 }
 
 /// The checkpoint verifier for `origin` whose policy is a majority of `membership`'s voters.

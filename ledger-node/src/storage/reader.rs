@@ -6,7 +6,7 @@
 
 use mmr::{Hash, MmrView, NodePos, NodeReader, TreeSize};
 
-use super::{keys, runs};
+use super::{blocks, keys};
 use crate::types::RecordId;
 
 /// A cheap, clonable read handle on the ledger tree.
@@ -45,75 +45,66 @@ impl LedgerReader {
 
     /// The bytes of the record at `index`, if it has been applied.
     pub fn leaf(&self, index: u64) -> Result<Option<Vec<u8>>, ReadError> {
-        let Some((first, run)) = self.run_containing(keys::LEAF, index)? else { return Ok(None) };
-        let count = runs::leaf_run_len(&run).ok_or_else(|| corrupt_run("leaf", first))?;
-        let Some(offset) = index.checked_sub(first).and_then(|offset| usize::try_from(offset).ok()) else {
-            return Ok(None);
-        };
+        let block_number = index / blocks::LEAVES_PER_BLOCK;
+        let Some(block) = self.tree.get(keys::with_u64(keys::LEAF, block_number))? else { return Ok(None) };
+        let count = blocks::leaf_block_len(&block).ok_or_else(|| corrupt_block("leaf", block_number))?;
+        let offset = blocks::offset_in_block(index, blocks::LEAVES_PER_BLOCK);
         if offset >= count {
             return Ok(None);
         }
-        let record = runs::leaf_in_run(&run, offset).ok_or_else(|| corrupt_run("leaf", first))?;
+        let record =
+            blocks::leaf_in_block(&block, offset).ok_or_else(|| corrupt_block("leaf", block_number))?;
         Ok(Some(record.to_vec()))
     }
 
-    /// Records `start..end` in index order, lazily read run by run; ends early at a gap.
+    /// Records `start..end` in index order, read block by block; ends early at a gap.
     pub fn leaves(
         &self,
         start: u64,
         end: u64,
     ) -> impl Iterator<Item = Result<(u64, Vec<u8>), ReadError>> + use<> {
-        let mut runs = match self.run_containing(keys::LEAF, start) {
-            // Start from the run holding `start` (it may begin before it), then go forward.
-            Ok(Some((first, _))) => {
-                self.tree.range(keys::with_u64(keys::LEAF, first)..keys::with_u64(keys::LEAF, end))
-            }
-            Ok(None) => self.tree.range(keys::with_u64(keys::LEAF, start)..keys::with_u64(keys::LEAF, end)),
-            Err(error) => return Box::new(std::iter::once(Err(error))) as Box<dyn Iterator<Item = _> + Send>,
-        };
+        let first_block = start / blocks::LEAVES_PER_BLOCK;
+        let end_block = end.div_ceil(blocks::LEAVES_PER_BLOCK);
+        let mut blocks_in_range =
+            self.tree.range(keys::with_u64(keys::LEAF, first_block)..keys::with_u64(keys::LEAF, end_block));
         let mut current: Option<(u64, sled::IVec, usize)> = None;
         let mut next = start;
-        Box::new(std::iter::from_fn(move || {
+        std::iter::from_fn(move || {
             loop {
                 if next >= end {
                     return None;
                 }
-                if let Some((first, run, count)) = &current {
-                    let offset = usize::try_from(next - first).unwrap_or(usize::MAX);
+                if let Some((block_number, block, count)) = &current {
+                    let offset =
+                        usize::try_from(next - block_number * blocks::LEAVES_PER_BLOCK).unwrap_or(usize::MAX);
                     if offset < *count {
-                        let record = runs::leaf_in_run(run, offset).map(<[u8]>::to_vec);
-                        let item =
-                            record.map(|record| (next, record)).ok_or_else(|| corrupt_run("leaf", *first));
+                        let record = blocks::leaf_in_block(block, offset).map(<[u8]>::to_vec);
+                        let item = record
+                            .map(|record| (next, record))
+                            .ok_or_else(|| corrupt_block("leaf", *block_number));
                         next += 1;
                         return Some(item);
                     }
+                    if offset < blocks::LEAF_OFFSET_END {
+                        return None; // a partial block: the tree ends here
+                    }
                 }
-                let (key, run) = match runs.next()? {
+                let (key, block) = match blocks_in_range.next()? {
                     Ok(item) => item,
                     Err(error) => return Some(Err(error.into())),
                 };
-                let Some(first) = keys::u64_of(&key) else { return Some(Err(corrupt_run("leaf", 0))) };
-                if first > next {
+                let Some(block_number) = keys::u64_of(&key) else {
+                    return Some(Err(corrupt_block("leaf", 0)));
+                };
+                if block_number != next / blocks::LEAVES_PER_BLOCK {
                     return None; // a gap: leaves are dense, so nothing more is there
                 }
-                let Some(count) = runs::leaf_run_len(&run) else {
-                    return Some(Err(corrupt_run("leaf", first)));
+                let Some(count) = blocks::leaf_block_len(&block) else {
+                    return Some(Err(corrupt_block("leaf", block_number)));
                 };
-                current = Some((first, run, count));
+                current = Some((block_number, block, count));
             }
-        })) as Box<dyn Iterator<Item = _> + Send>
-    }
-
-    /// The run of kind `kind` whose first position is the largest at or below `position`.
-    fn run_containing(&self, kind: u8, position: u64) -> Result<Option<(u64, sled::IVec)>, ReadError> {
-        let lowest = [kind];
-        let key = keys::with_u64(kind, position);
-        let Some(item) = self.tree.range(lowest.as_slice()..=key.as_slice()).next_back() else {
-            return Ok(None);
-        };
-        let (key, run) = item?;
-        let first = keys::u64_of(&key).ok_or_else(|| ReadError::Corrupt(format!("run key {key:?}")))?;
-        Ok(Some((first, run)))
+        })
     }
 
     /// The leaf index of the record with this id, if it is in the log.
@@ -164,18 +155,19 @@ impl NodeReader for LedgerReader {
     type Error = ReadError;
 
     fn get(&self, pos: NodePos) -> Result<Option<Hash>, ReadError> {
-        let Some((first, run)) = self.run_containing(keys::NODE, pos.0)? else { return Ok(None) };
-        let count = runs::node_run_len(&run).ok_or_else(|| corrupt_run("MMR node", first))?;
-        let offset = usize::try_from(pos.0 - first).unwrap_or(usize::MAX);
+        let block_number = pos.0 / blocks::NODES_PER_BLOCK;
+        let Some(block) = self.tree.get(keys::with_u64(keys::NODE, block_number))? else { return Ok(None) };
+        let count = blocks::node_block_len(&block).ok_or_else(|| corrupt_block("MMR node", block_number))?;
+        let offset = blocks::offset_in_block(pos.0, blocks::NODES_PER_BLOCK);
         if offset >= count {
             return Ok(None);
         }
-        runs::node_in_run(&run, offset).map(Some).ok_or_else(|| corrupt_run("MMR node", first))
+        blocks::node_in_block(&block, offset).map(Some).ok_or_else(|| corrupt_block("MMR node", block_number))
     }
 }
 
-fn corrupt_run(what: &str, first: u64) -> ReadError {
-    ReadError::Corrupt(format!("the {what} run starting at {first} is malformed"))
+fn corrupt_block(what: &str, block_number: u64) -> ReadError {
+    ReadError::Corrupt(format!("{what} block {block_number} is malformed"))
 }
 
 fn note_text(bytes: &[u8]) -> Result<String, ReadError> {
