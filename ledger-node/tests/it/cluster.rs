@@ -20,9 +20,9 @@ use crate::support::{record_bytes, record_id};
 const ORIGIN: &str = "aegis.test/ledger";
 const WAIT: Duration = Duration::from_secs(30);
 
-struct Cluster {
-    dir: tempfile::TempDir,
-    nodes: BTreeMap<u64, LedgerNode>,
+pub(crate) struct Cluster {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) nodes: BTreeMap<u64, LedgerNode>,
     configs: BTreeMap<u64, Config>,
     /// Every node's verifier key, kept after the node stops: auditors keep them too.
     keys: BTreeMap<u64, String>,
@@ -30,7 +30,7 @@ struct Cluster {
 
 impl Cluster {
     /// Starts `count` nodes and initialises them as one cluster through node 1's Admin service.
-    async fn start(count: u64, tune: impl Fn(&mut Config)) -> Self {
+    pub(crate) async fn start(count: u64, tune: impl Fn(&mut Config)) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut cluster =
             Cluster { dir, nodes: BTreeMap::new(), configs: BTreeMap::new(), keys: BTreeMap::new() };
@@ -46,7 +46,7 @@ impl Cluster {
     }
 
     /// Starts a node; remembers its bound addresses so a restart reuses them.
-    async fn start_node(&mut self, mut config: Config) -> &LedgerNode {
+    pub(crate) async fn start_node(&mut self, mut config: Config) -> &LedgerNode {
         let node = LedgerNode::start(&config).await.expect("node starts");
         config.client_listen = node.client_addr;
         config.peer_listen = node.peer_addr;
@@ -58,18 +58,18 @@ impl Cluster {
         &self.nodes[&id]
     }
 
-    async fn stop(&mut self, id: u64) {
+    pub(crate) async fn stop(&mut self, id: u64) {
         let node = self.nodes.remove(&id).expect("node is running");
         node.shutdown().await.expect("clean shutdown");
     }
 
-    async fn restart(&mut self, id: u64) {
+    pub(crate) async fn restart(&mut self, id: u64) {
         let config = self.configs[&id].clone();
         self.start_node(config).await;
     }
 
     /// The id of the leader the running nodes agree on.
-    async fn leader(&self) -> u64 {
+    pub(crate) async fn leader(&self) -> u64 {
         eventually("a leader is elected", || async {
             let leaders: BTreeSet<Option<u64>> =
                 self.nodes.values().map(|node| node.raft.metrics().borrow().current_leader).collect();
@@ -82,7 +82,7 @@ impl Cluster {
     }
 
     /// The verifier an auditor would build: a majority of the initial voters' keys.
-    fn verifier(&self, voters: &[u64]) -> CheckpointVerifier {
+    pub(crate) fn verifier(&self, voters: &[u64]) -> CheckpointVerifier {
         let keys = voters.iter().map(|id| self.keys[id].parse().expect("verifier key")).collect::<Vec<_>>();
         let majority = keys.len() / 2 + 1;
         CheckpointVerifier::new(
@@ -93,7 +93,7 @@ impl Cluster {
     }
 }
 
-fn member(node: &LedgerNode) -> v1::Node {
+pub(crate) fn member(node: &LedgerNode) -> v1::Node {
     v1::Node {
         node_id: node.node_id,
         peer_addr: node.info.peer_addr.clone(),
@@ -102,7 +102,7 @@ fn member(node: &LedgerNode) -> v1::Node {
     }
 }
 
-async fn channel(node: &LedgerNode) -> Channel {
+pub(crate) async fn channel(node: &LedgerNode) -> Channel {
     Channel::from_shared(format!("http://{}", node.client_addr))
         .expect("uri")
         .connect()
@@ -110,16 +110,19 @@ async fn channel(node: &LedgerNode) -> Channel {
         .expect("connects")
 }
 
-async fn client(node: &LedgerNode) -> proto::LedgerClient<Channel> {
+pub(crate) async fn client(node: &LedgerNode) -> proto::LedgerClient<Channel> {
     proto::LedgerClient::new(channel(node).await)
 }
 
-async fn admin(node: &LedgerNode) -> proto::AdminClient<Channel> {
+pub(crate) async fn admin(node: &LedgerNode) -> proto::AdminClient<Channel> {
     proto::AdminClient::new(channel(node).await)
 }
 
 /// Polls `check` until it returns `Some`, for at most [`WAIT`].
-async fn eventually<T, F: Future<Output = Option<T>>>(what: &str, mut check: impl FnMut() -> F) -> T {
+pub(crate) async fn eventually<T, F: Future<Output = Option<T>>>(
+    what: &str,
+    mut check: impl FnMut() -> F,
+) -> T {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         if let Some(value) = check().await {
@@ -130,7 +133,7 @@ async fn eventually<T, F: Future<Output = Option<T>>>(what: &str, mut check: imp
     }
 }
 
-async fn append(
+pub(crate) async fn append(
     client: &mut proto::LedgerClient<Channel>,
     numbers: impl IntoIterator<Item = u64>,
 ) -> v1::AppendResponse {
@@ -140,7 +143,11 @@ async fn append(
 
 /// Waits until `node` serves a published checkpoint of at least `size` leaves; returns it
 /// verified.
-async fn published(node: &LedgerNode, verifier: &CheckpointVerifier, size: u64) -> mmr::VerifiedCheckpoint {
+pub(crate) async fn published(
+    node: &LedgerNode,
+    verifier: &CheckpointVerifier,
+    size: u64,
+) -> mmr::VerifiedCheckpoint {
     let mut client = client(node).await;
     eventually(&format!("node {} publishes a checkpoint of size {size}", node.node_id), || {
         let mut client = client.clone();
@@ -160,7 +167,7 @@ async fn published(node: &LedgerNode, verifier: &CheckpointVerifier, size: u64) 
 
 /// Fetches record `n`'s inclusion proof from `node` by record id and checks it against the
 /// node's latest published checkpoint, as an auditor would. Returns the leaf index.
-async fn check_inclusion(node: &LedgerNode, verifier: &CheckpointVerifier, n: u64) -> u64 {
+pub(crate) async fn check_inclusion(node: &LedgerNode, verifier: &CheckpointVerifier, n: u64) -> u64 {
     let mut client = client(node).await;
     let request = v1::GetInclusionProofRequest {
         leaf: Some(v1::get_inclusion_proof_request::Leaf::RecordId(record_id(n))),

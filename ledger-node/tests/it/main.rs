@@ -4,6 +4,7 @@
 #![allow(clippy::result_large_err)]
 
 mod cluster;
+mod cluster_reads;
 mod config;
 mod ledger;
 mod log_store;
