@@ -181,7 +181,6 @@ impl LedgerNode {
         let (stop, stopped) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let client_server = Server::builder()
-            .tcp_nodelay(true)
             .add_service(ledger.into_server())
             .add_service(admin.into_server())
             .add_service(health_service)
@@ -190,19 +189,17 @@ impl LedgerNode {
             let stopped = stopped.clone();
             async move {
                 client_server
-                    .serve_with_incoming_shutdown(TcpIncoming::from(client_listener), wait(stopped))
+                    .serve_with_incoming_shutdown(incoming(client_listener), wait(stopped))
                     .await
                     .context("client service")
             }
         });
-        let peer_server = Server::builder()
-            .tcp_nodelay(true)
-            .add_service(peer.into_server(config.limits.message_bytes_max));
+        let peer_server = Server::builder().add_service(peer.into_server(config.limits.message_bytes_max));
         tasks.spawn({
             let stopped = stopped.clone();
             async move {
                 peer_server
-                    .serve_with_incoming_shutdown(TcpIncoming::from(peer_listener), wait(stopped))
+                    .serve_with_incoming_shutdown(incoming(peer_listener), wait(stopped))
                     .await
                     .context("peer service")
             }
@@ -282,6 +279,16 @@ fn raft_config(config: &Config) -> anyhow::Result<openraft::Config> {
     }
     .validate()
     .context("invalid Raft settings")
+}
+
+/// The accepted connections of `listener`, with Nagle's algorithm off.
+///
+/// tonic ignores `Server::tcp_nodelay` when it is handed a listener (`serve_with_incoming*`),
+/// so it is set here. Without it, h2's small writes (a response's HEADERS, DATA and trailers;
+/// a follower's AppendEntries reply) wait behind the peer's delayed ACK: a 40 ms stall on Linux,
+/// measured as the p99 of proofs and a large share of append latency.
+fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {

@@ -40,6 +40,15 @@ enum Command {
         #[arg(long, value_delimiter = ',', required = true)]
         nodes: Vec<String>,
     },
+    /// Add a running node to the cluster (as a learner, then a voter once it caught up).
+    AddNode {
+        /// Client address of the leader (or any member: followers refuse with the leader's address).
+        #[arg(long)]
+        leader: String,
+        /// Client address of the node to add.
+        #[arg(long)]
+        node: String,
+    },
     /// Append records and report throughput and acknowledgement latency.
     Append {
         /// Client addresses (host:port) to spread requests over; followers forward to the leader.
@@ -76,6 +85,7 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Init { nodes } => init(&nodes).await,
+        Command::AddNode { leader, node } => add_node(&leader, &node).await,
         Command::Append { targets, records, record_bytes, batch, concurrency, rate } => {
             append(&targets, records, record_bytes, batch, concurrency, rate).await
         }
@@ -108,6 +118,18 @@ async fn init(nodes: &[String]) -> anyhow::Result<()> {
             member.node_id, member.peer_addr, member.client_addr, member.verifier_key
         );
     }
+    Ok(())
+}
+
+async fn add_node(leader: &str, addr: &str) -> anyhow::Result<()> {
+    let status = proto::AdminClient::new(channel(addr)?).status(v1::StatusRequest {}).await?.into_inner();
+    let node = status.node.context("the new node does not report its identity")?;
+    let started = Instant::now();
+    proto::AdminClient::new(channel(leader)?)
+        .add_node(v1::AddNodeRequest { node: Some(node.clone()), learner_only: false })
+        .await
+        .with_context(|| format!("AddNode on {leader}"))?;
+    println!("node {} ({addr}) joined as a voter in {:.2} s", node.node_id, started.elapsed().as_secs_f64());
     Ok(())
 }
 

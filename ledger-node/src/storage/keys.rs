@@ -8,7 +8,10 @@ pub(crate) const LEDGER_TREE: &str = "ledger";
 pub(crate) const NODE: u8 = b'n';
 /// `l` + block number → a block of consecutive records, each exactly as received.
 pub(crate) const LEAF: u8 = b'l';
-/// `i` + 16-byte record id → leaf index (8 bytes).
+/// `I` + the record id's first 6 bytes → a bucket of record ids and their leaf indexes
+/// (`id_index.rs`).
+pub(crate) const RECORD_ID_BUCKET: u8 = b'I';
+/// `i` + 16-byte record id → leaf index (8 bytes), for ids whose bucket was full (`id_index.rs`).
 pub(crate) const RECORD_ID: u8 = b'i';
 /// `c` + tree size → a published checkpoint note.
 pub(crate) const CHECKPOINT: u8 = b'c';

@@ -2,7 +2,6 @@
 //! index in one atomic sled batch. Synchronous and runtime-free; `state_machine.rs` adapts it
 //! to openraft.
 
-use std::collections::HashMap;
 use std::io::{self, Read, Write};
 
 use mmr::{
@@ -11,12 +10,13 @@ use mmr::{
 };
 use openraft::EntryPayload;
 
+use super::id_index::IdIndexWriter;
 use super::reader::{LedgerReader, ReadError};
 use super::snapshot::{Frame, SnapshotHeader, SnapshotReader, SnapshotWriter};
 use super::{blocks, keys};
 use crate::types::{
-    AppendBatch, AppendOutcome, AppendedLeaf, Command, Entry, LogId, PublishCheckpoint, Record, RecordId,
-    SnapshotMeta, StoredMembership,
+    AppendBatch, AppendOutcome, AppendedLeaf, Command, Entry, LogId, PublishCheckpoint, Record, SnapshotMeta,
+    StoredMembership,
 };
 
 /// The writer side of the ledger: owns the MMR's in-memory peaks and the applied position.
@@ -140,16 +140,14 @@ impl Ledger {
     ) -> Result<Vec<AppendOutcome>, ApplyError> {
         let mut batch = sled::Batch::default();
         let mut outcomes = Vec::new();
-        // Ids appended by this call but not yet in sled: duplicates within a call are found here.
-        let mut pending_ids: HashMap<RecordId, u64> = HashMap::new();
+        // The id index as this call changes it: duplicates within a call are found here too.
+        let mut ids = IdIndexWriter::default();
         let result = (|| {
             for entry in entries {
                 let log_id = entry.log_id;
                 let outcome = match entry.payload {
                     EntryPayload::Blank => AppendOutcome { leaves: Vec::new(), tree_size: self.mmr.size().0 },
-                    EntryPayload::Normal(Command::Append(records)) => {
-                        self.append(records, &mut batch, &mut pending_ids)?
-                    }
+                    EntryPayload::Normal(Command::Append(records)) => self.append(records, &mut ids)?,
                     EntryPayload::Normal(Command::Publish(publication)) => {
                         self.publish(&publication, &mut batch);
                         AppendOutcome { leaves: Vec::new(), tree_size: self.mmr.size().0 }
@@ -163,6 +161,7 @@ impl Ledger {
                 outcomes.push(outcome);
             }
             self.flush_staged(&mut batch);
+            ids.stage(&mut batch);
             self.stage_meta(&mut batch)?;
             self.reader.tree().apply_batch(batch)?;
             Ok(())
@@ -179,15 +178,11 @@ impl Ledger {
     fn append(
         &mut self,
         batch_in: AppendBatch,
-        batch: &mut sled::Batch,
-        pending_ids: &mut HashMap<RecordId, u64>,
+        ids: &mut IdIndexWriter,
     ) -> Result<AppendOutcome, ApplyError> {
         let mut leaves = Vec::with_capacity(batch_in.records.len());
         for record in batch_in.records {
-            let existing = match pending_ids.get(&record.id) {
-                Some(&index) => Some(index),
-                None => self.reader.leaf_index_of(&record.id)?,
-            };
+            let existing = ids.lookup(self.reader.tree(), &record.id)?;
             if let Some(leaf_index) = existing {
                 leaves.push(AppendedLeaf { leaf_index, already_present: true });
                 continue;
@@ -196,9 +191,9 @@ impl Ledger {
                 MmrError::Store(read) => ApplyError::Read(read),
                 other => ApplyError::Corrupt(other.to_string()),
             })?;
-            batch.insert(&keys::with_record_id(&record.id.0), &index.0.to_be_bytes());
+            let inserted = ids.insert(self.reader.tree(), record.id, index.0)?;
+            debug_assert!(inserted, "the id was looked up just above");
             self.pending_leaves.push(record.bytes);
-            pending_ids.insert(record.id, index.0);
             leaves.push(AppendedLeaf { leaf_index: index.0, already_present: false });
         }
         Ok(AppendOutcome { leaves, tree_size: self.mmr.size().0 })
@@ -315,6 +310,7 @@ impl Ledger {
             leaf_tail: Vec::new(),
         };
         let mut batch = sled::Batch::default();
+        let mut ids = IdIndexWriter::default();
         let mut in_batch = 0;
         loop {
             match frames.next_frame()? {
@@ -326,11 +322,14 @@ impl Ledger {
                         .mmr
                         .append(&record.bytes)
                         .map_err(|error| InstallError::Invalid(error.to_string()))?;
-                    batch.insert(&keys::with_record_id(&record.id.0), &index.to_be_bytes());
+                    if !ids.insert(tree, record.id, index).map_err(OpenError::from)? {
+                        return Err(InstallError::Invalid(format!("leaf {index}: a duplicate record id")));
+                    }
                     ledger.pending_leaves.push(record.bytes);
                     in_batch += 1;
                     if in_batch == leaves_per_batch {
                         ledger.flush_staged(&mut batch);
+                        std::mem::take(&mut ids).stage(&mut batch);
                         tree.apply_batch(std::mem::take(&mut batch))?;
                         in_batch = 0;
                     }
@@ -349,6 +348,7 @@ impl Ledger {
             )));
         }
         ledger.flush_staged(&mut batch);
+        ids.stage(&mut batch);
         ledger.stage_meta(&mut batch).map_err(|error| InstallError::Invalid(error.to_string()))?;
         batch.remove(keys::META_INSTALLING);
         tree.apply_batch(batch)?;

@@ -3,6 +3,7 @@
 
 mod blocks;
 pub mod durable;
+mod id_index;
 pub mod keys;
 pub mod ledger;
 pub mod log_store;

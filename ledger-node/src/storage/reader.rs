@@ -6,7 +6,7 @@
 
 use mmr::{Hash, MmrView, NodePos, NodeReader, TreeSize};
 
-use super::{blocks, keys};
+use super::{blocks, id_index, keys};
 use crate::types::RecordId;
 
 /// A cheap, clonable read handle on the ledger tree.
@@ -109,10 +109,7 @@ impl LedgerReader {
 
     /// The leaf index of the record with this id, if it is in the log.
     pub fn leaf_index_of(&self, id: &RecordId) -> Result<Option<u64>, ReadError> {
-        let Some(value) = self.tree.get(keys::with_record_id(&id.0))? else { return Ok(None) };
-        keys::u64_of(&value)
-            .map(Some)
-            .ok_or_else(|| ReadError::Corrupt(format!("record id index value {value:?}")))
+        id_index::lookup(&self.tree, id)
     }
 
     /// The published checkpoint note of exactly this size.
