@@ -851,10 +851,10 @@ struct LimitsFlags {
     /// Largest record [default: 65536].
     #[arg(long = "limits-record-bytes-max", env = "AEGIS_LIMITS_RECORD_BYTES_MAX", value_name = "BYTES")]
     record_bytes_max: Option<usize>,
-    /// Most records per Append request [default: 4096].
+    /// Most records per Append request [default: 1024].
     #[arg(long = "limits-append-records-max", env = "AEGIS_LIMITS_APPEND_RECORDS_MAX", value_name = "N")]
     append_records_max: Option<usize>,
-    /// Most record bytes per Append request [default: 8388608].
+    /// Most record bytes per Append request [default: 114688].
     #[arg(long = "limits-append-bytes-max", env = "AEGIS_LIMITS_APPEND_BYTES_MAX", value_name = "BYTES")]
     append_bytes_max: Option<usize>,
     /// Largest gRPC message [default: 16777216].
@@ -892,14 +892,14 @@ struct LimitsFlags {
 
 #[derive(Debug, Default, clap::Args, Serialize)]
 struct GroupCommitFlags {
-    /// Most records per Raft entry [default: 8192].
+    /// Most records per Raft entry [default: 1024].
     #[arg(
         long = "group-commit-entry-records-max",
         env = "AEGIS_GROUP_COMMIT_ENTRY_RECORDS_MAX",
         value_name = "N"
     )]
     entry_records_max: Option<usize>,
-    /// Most record bytes per Raft entry [default: 8388608].
+    /// Most record bytes per Raft entry [default: 114688].
     #[arg(
         long = "group-commit-entry-bytes-max",
         env = "AEGIS_GROUP_COMMIT_ENTRY_BYTES_MAX",

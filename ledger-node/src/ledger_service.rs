@@ -34,6 +34,8 @@ pub struct ServiceLimits {
     pub entries_per_request_max: u64,
     pub watch_subscribers_max: usize,
     pub message_bytes_max: usize,
+    /// Append calls handled at once, forwarded ones included; beyond, RESOURCE_EXHAUSTED.
+    pub concurrent_appends_max: usize,
 }
 
 /// The `Ledger` service of one node.
@@ -47,6 +49,7 @@ pub struct LedgerService {
     limits: ServiceLimits,
     leaders: Arc<LeaderClients>,
     watchers: Arc<Semaphore>,
+    appends: Arc<Semaphore>,
     metrics: Metrics,
 }
 
@@ -75,6 +78,7 @@ impl LedgerService {
             limits,
             leaders: Arc::default(),
             watchers: Arc::new(Semaphore::new(limits.watch_subscribers_max)),
+            appends: Arc::new(Semaphore::new(limits.concurrent_appends_max)),
             metrics,
         }
     }
@@ -88,35 +92,52 @@ impl LedgerService {
     /// changes nothing.
     fn validate(&self, records: Vec<Vec<u8>>) -> Result<Vec<Record>, Status> {
         let limits = &self.limits;
+        let reject = |reason: RejectReason, message: String| {
+            self.metrics.requests_rejected_total(reason).inc();
+            Status::invalid_argument(message)
+        };
         if records.is_empty() {
-            return Err(Status::invalid_argument("an Append needs at least one record"));
+            return Err(reject(
+                RejectReason::InvalidArgument,
+                "an Append needs at least one record".to_owned(),
+            ));
         }
         if records.len() > limits.append_records_max {
-            return Err(Status::invalid_argument(format!(
-                "{} records in one Append, the limit is {}: split the batch",
-                records.len(),
-                limits.append_records_max
-            )));
+            return Err(reject(
+                RejectReason::TooManyRecords,
+                format!(
+                    "{} records in one Append, the limit is {}: split the batch",
+                    records.len(),
+                    limits.append_records_max
+                ),
+            ));
         }
         let total: usize = records.iter().map(Vec::len).sum();
         if total > limits.append_bytes_max {
-            return Err(Status::invalid_argument(format!(
-                "{total} bytes of records in one Append, the limit is {}: split the batch",
-                limits.append_bytes_max
-            )));
+            return Err(reject(
+                RejectReason::RequestTooLarge,
+                format!(
+                    "{total} bytes of records in one Append, the limit is {}: split the batch",
+                    limits.append_bytes_max
+                ),
+            ));
         }
         records
             .into_iter()
             .enumerate()
             .map(|(index, bytes)| {
                 if bytes.len() > limits.record_bytes_max {
-                    return Err(Status::invalid_argument(format!(
-                        "record {index} is {} bytes, the limit is {}",
-                        bytes.len(),
-                        limits.record_bytes_max
-                    )));
+                    return Err(reject(
+                        RejectReason::RecordTooLarge,
+                        format!(
+                            "record {index} is {} bytes, the limit is {}",
+                            bytes.len(),
+                            limits.record_bytes_max
+                        ),
+                    ));
                 }
-                Record::parse(index, bytes).map_err(|error| Status::invalid_argument(error.to_string()))
+                Record::parse(index, bytes)
+                    .map_err(|error| reject(RejectReason::MalformedRecord, error.to_string()))
             })
             .collect()
     }
@@ -202,6 +223,13 @@ impl proto::Ledger for LedgerService {
         request: Request<v1::AppendRequest>,
     ) -> Result<Response<v1::AppendResponse>, Status> {
         let started = Instant::now();
+        let Ok(_in_flight) = self.appends.try_acquire() else {
+            self.metrics.requests_rejected_total(RejectReason::TooManyAppends).inc();
+            return Err(Status::resource_exhausted(format!(
+                "{} Append calls are in flight on this node: retry with backoff",
+                self.limits.concurrent_appends_max
+            )));
+        };
         let forwarded = request.metadata().contains_key(FORWARDED);
         let request = request.into_inner();
         match self.leader() {

@@ -133,6 +133,7 @@ impl LedgerNode {
             entries_per_request_max: config.limits.entries_per_request_max,
             watch_subscribers_max: config.limits.watch_subscribers_max,
             message_bytes_max: config.limits.message_bytes_max,
+            concurrent_appends_max: config.limits.concurrent_appends_max,
         };
         let ledger = LedgerService::new(
             config.node_id,

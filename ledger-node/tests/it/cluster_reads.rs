@@ -151,3 +151,35 @@ async fn status_reports_roles_sizes_and_keys_and_a_removed_node_leaves() {
     let response = append(&mut client(&cluster.nodes[&leader]).await, 25..30).await;
     assert_eq!(response.tree_size, 30);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_beyond_the_concurrency_limit_are_refused_and_change_nothing() {
+    let cluster = Cluster::start(3, |config| config.limits.concurrent_appends_max = 2).await;
+    let leader = &cluster.nodes[&cluster.leader().await];
+    let writer = client(leader).await;
+    let calls = (0..40u64).map(|call| {
+        let mut writer = writer.clone();
+        tokio::spawn(async move {
+            let records = (call * 50..call * 50 + 50).map(record_bytes).collect();
+            writer.append(v1::AppendRequest { records }).await
+        })
+    });
+    let (mut acknowledged, mut refused) = (0u64, 0u64);
+    for call in calls.collect::<Vec<_>>() {
+        match call.await.expect("task") {
+            Ok(response) => {
+                assert!(response.get_ref().results.iter().all(|result| !result.already_present));
+                acknowledged += 50;
+            }
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{}", status.message());
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused > 0, "40 concurrent calls against a limit of 2 must refuse some");
+    assert!(acknowledged > 0);
+    // Refused calls appended nothing: the tree holds exactly the acknowledged records.
+    let applied = leader.applied.borrow().size;
+    assert_eq!(applied, TreeSize(acknowledged));
+}
