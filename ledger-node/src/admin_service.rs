@@ -15,6 +15,10 @@ use crate::storage::ledger::AppliedState;
 use crate::storage::reader::LedgerReader;
 use crate::types::{NodeId, NodeInfo, Raft};
 
+/// How long AddNode waits for a new learner to catch up before promoting it: long enough to
+/// stream and install a snapshot of a large ledger.
+const LEARNER_CATCH_UP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
 /// The `Admin` service of one node.
 #[derive(Clone)]
 pub struct AdminService {
@@ -128,9 +132,27 @@ impl proto::Admin for AdminService {
         self.authorize(&request)?;
         let request = request.into_inner();
         let (id, info) = self.node_info(request.node)?;
-        // The learner first catches up (blocking), so promotion does not stall commits.
-        self.raft.add_learner(id, info, true).await.map_err(raft_status)?;
+        let response = self.raft.add_learner(id, info, false).await.map_err(raft_status)?;
         if !request.learner_only {
+            // Promote only once the learner holds everything the leader had when it was added
+            // (through a snapshot, for a long log): a voter that lags would count toward the
+            // majority without helping it, and the next failure could stall commits.
+            let target = response.log_id.index;
+            let caught_up = |metrics: &openraft::RaftMetrics<NodeId, NodeInfo>| {
+                let matched = metrics
+                    .replication
+                    .as_ref()
+                    .and_then(|replication| replication.get(&id).copied().flatten());
+                matched.is_some_and(|log_id| log_id.index >= target)
+            };
+            self.raft.wait(Some(LEARNER_CATCH_UP_TIMEOUT)).metrics(caught_up, "the learner catches up").await.map_err(
+                |error| {
+                    Status::deadline_exceeded(format!(
+                        "node {id} was added as a learner but did not catch up ({error}); it stays a learner: \
+                         check its logs, then call AddNode again to promote it"
+                    ))
+                },
+            )?;
             let voters = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
             self.raft.change_membership(voters, false).await.map_err(raft_status)?;
         }
