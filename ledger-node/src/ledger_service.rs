@@ -15,7 +15,9 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 use crate::batcher::{AppendBatcher, SubmitError};
+use crate::checkpoint_cache::CheckpointCache;
 use crate::metrics::{Metrics, ProofKind, RejectReason};
+use crate::read_pool::ReadPool;
 use crate::storage::ledger::AppliedState;
 use crate::storage::reader::{LedgerReader, ReadError};
 use crate::types::{NodeId, Raft, Record, parse_record_id};
@@ -45,6 +47,10 @@ pub struct LedgerService {
     raft: Raft,
     batcher: AppendBatcher,
     reader: LedgerReader,
+    /// Where proofs read the ledger: off the runtime, batched (see `read_pool.rs`).
+    reads: ReadPool,
+    /// Parsed published checkpoints: every proof carries one (see `checkpoint_cache.rs`).
+    checkpoints: Arc<CheckpointCache>,
     applied: watch::Receiver<AppliedState>,
     limits: ServiceLimits,
     leaders: Arc<LeaderClients>,
@@ -60,6 +66,7 @@ struct LeaderClients {
 }
 
 impl LedgerService {
+    /// The service, with its reader threads started (see `read_pool.rs`).
     pub fn new(
         node_id: NodeId,
         raft: Raft,
@@ -68,19 +75,22 @@ impl LedgerService {
         applied: watch::Receiver<AppliedState>,
         limits: ServiceLimits,
         metrics: Metrics,
-    ) -> Self {
-        Self {
+    ) -> std::io::Result<Self> {
+        let reads = ReadPool::start(&reader)?;
+        Ok(Self {
             node_id,
             raft,
             batcher,
             reader,
+            reads,
+            checkpoints: Arc::default(),
             applied,
             limits,
             leaders: Arc::default(),
             watchers: Arc::new(Semaphore::new(limits.watch_subscribers_max)),
             appends: Arc::new(Semaphore::new(limits.concurrent_appends_max)),
             metrics,
-        }
+        })
     }
 
     pub fn into_server(self) -> proto::LedgerServer<Self> {
@@ -188,10 +198,29 @@ impl LedgerService {
 
     /// The published checkpoint of exactly `size`, if there is one.
     fn checkpoint_at(&self, size: u64) -> Result<Option<v1::SignedCheckpoint>, Status> {
+        if let Some(checkpoint) = self.checkpoints.get(size) {
+            return Ok(Some(checkpoint));
+        }
         match self.reader.published(size).map_err(read_status)? {
-            Some(note) => Ok(Some(self.signed_checkpoint(note)?)),
+            Some(note) => Ok(Some(self.cache_checkpoint(size, self.signed_checkpoint(note)?))),
             None => Ok(None),
         }
+    }
+
+    /// The wire form of the published checkpoint of `size` whose note is `note`.
+    fn published_checkpoint(&self, size: u64, note: String) -> Result<v1::SignedCheckpoint, Status> {
+        match self.checkpoints.get(size) {
+            Some(checkpoint) => Ok(checkpoint),
+            None => Ok(self.cache_checkpoint(size, self.signed_checkpoint(note)?)),
+        }
+    }
+
+    /// Caches the checkpoint stored under `size`, if its note agrees on the size.
+    fn cache_checkpoint(&self, size: u64, checkpoint: v1::SignedCheckpoint) -> v1::SignedCheckpoint {
+        if checkpoint.tree_size == size {
+            self.checkpoints.insert(checkpoint.clone());
+        }
+        checkpoint
     }
 }
 
@@ -276,8 +305,8 @@ impl proto::Ledger for LedgerService {
     ) -> Result<Response<v1::GetCheckpointResponse>, Status> {
         let checkpoint = match request.into_inner().tree_size {
             None => {
-                let (_, note) = self.latest_published()?;
-                self.signed_checkpoint(note)?
+                let (size, note) = self.latest_published()?;
+                self.published_checkpoint(size, note)?
             }
             Some(size) => self
                 .checkpoint_at(size)?
@@ -359,15 +388,16 @@ impl proto::Ledger for LedgerService {
                 )),
             });
         }
-        let reader = self.reader.clone();
-        let (proof, record) = tokio::task::spawn_blocking(move || {
-            let proof = reader.view(TreeSize(size)).inclusion_proof(LeafIndex(index), TreeSize(size))?;
-            let record = reader.leaf(index).map_err(MmrError::Store)?;
-            Ok::<_, MmrError<ReadError>>((proof, record))
-        })
-        .await
-        .map_err(|_| Status::internal("proof task failed"))?
-        .map_err(mmr_status)?;
+        let (proof, record) = self
+            .reads
+            .run(move |reader| {
+                let proof = reader.view(TreeSize(size)).inclusion_proof(LeafIndex(index), TreeSize(size))?;
+                let record = reader.leaf(index).map_err(MmrError::Store)?;
+                Ok::<_, MmrError<ReadError>>((proof, record))
+            })
+            .await
+            .map_err(|_| Status::internal("proof task failed"))?
+            .map_err(mmr_status)?;
         let record =
             record.ok_or_else(|| Status::internal(format!("leaf {index} is missing from this node")))?;
         self.metrics.proof_latency_seconds(ProofKind::Inclusion).observe(started.elapsed().as_secs_f64());
@@ -387,14 +417,15 @@ impl proto::Ledger for LedgerService {
                 request.old_size
             )));
         }
-        let reader = self.reader.clone();
         let old_size = request.old_size;
-        let proof = tokio::task::spawn_blocking(move || {
-            reader.view(TreeSize(new_size)).consistency_proof(TreeSize(old_size), TreeSize(new_size))
-        })
-        .await
-        .map_err(|_| Status::internal("proof task failed"))?
-        .map_err(mmr_status)?;
+        let proof = self
+            .reads
+            .run(move |reader| {
+                reader.view(TreeSize(new_size)).consistency_proof(TreeSize(old_size), TreeSize(new_size))
+            })
+            .await
+            .map_err(|_| Status::internal("proof task failed"))?
+            .map_err(mmr_status)?;
         self.metrics.proof_latency_seconds(ProofKind::Consistency).observe(started.elapsed().as_secs_f64());
         Ok(Response::new(v1::GetConsistencyProofResponse::from_proof(&proof, checkpoint)))
     }
@@ -466,7 +497,7 @@ impl LedgerService {
             }
             None => {
                 let (size, note) = self.latest_published()?;
-                Ok((size, Some(self.signed_checkpoint(note)?)))
+                Ok((size, Some(self.published_checkpoint(size, note)?)))
             }
         }
     }

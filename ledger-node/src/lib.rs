@@ -8,6 +8,7 @@
 
 pub mod admin_service;
 pub mod batcher;
+pub mod checkpoint_cache;
 pub mod checkpointer;
 pub mod config;
 pub mod cosign;
@@ -16,6 +17,7 @@ pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod peer_service;
+pub mod read_pool;
 pub mod storage;
 pub mod telemetry;
 pub mod types;

@@ -143,7 +143,8 @@ impl LedgerNode {
             applied.clone(),
             limits,
             metrics.clone(),
-        );
+        )
+        .context("starting the ledger reader threads")?;
         let admin_token = match &config.admin_token_file {
             Some(path) => Some(
                 std::fs::read_to_string(path)

@@ -80,6 +80,7 @@ impl Ledger {
         if tree.get(keys::META_INSTALLING).map_err(ReadError::from)?.is_some() {
             tracing::warn!("an interrupted snapshot install left the ledger half-written: discarding it");
             tree.clear().map_err(ReadError::from)?;
+            reader.clear_caches();
         }
         let size = match tree.get(keys::META_SIZE).map_err(ReadError::from)? {
             None => TreeSize(0),
@@ -297,6 +298,7 @@ impl Ledger {
         let (mut frames, header) = SnapshotReader::open(input)?;
         let tree = reader.tree();
         tree.clear()?;
+        reader.clear_caches();
         tree.insert(keys::META_INSTALLING, &[])?;
         let staged = StagedNodes { reader: reader.clone(), first: NodePos(0), staged: Vec::new() };
         let mut ledger = Ledger {

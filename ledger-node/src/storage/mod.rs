@@ -7,6 +7,7 @@ mod id_index;
 pub mod keys;
 pub mod ledger;
 pub mod log_store;
+mod node_cache;
 pub mod reader;
 pub mod snapshot;
 pub mod state_machine;

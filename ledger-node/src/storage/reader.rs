@@ -3,9 +3,17 @@
 //! Everything the ledger stores below the applied tree size is immutable (leaves, nodes, record
 //! ids, published checkpoints), so readers need no lock: they read sled directly and bound
 //! themselves by a tree size they were given.
+//!
+//! Node reads go through a [`NodeCache`] of the upper MMR nodes, shared by every clone of a
+//! reader; proofs read through a [`NodeCursor`], which keeps the last node block it fetched, so
+//! the several low siblings of one leaf cost one sled `get` instead of one each.
+
+use std::cell::RefCell;
+use std::sync::Arc;
 
 use mmr::{Hash, MmrView, NodePos, NodeReader, TreeSize};
 
+use super::node_cache::NodeCache;
 use super::{blocks, id_index, keys};
 use crate::types::RecordId;
 
@@ -13,6 +21,19 @@ use crate::types::RecordId;
 #[derive(Clone, Debug)]
 pub struct LedgerReader {
     tree: sled::Tree,
+    /// Upper MMR nodes, read by nearly every proof: they are immutable, so caching them is
+    /// exact (see `node_cache.rs`).
+    nodes: Arc<NodeCache>,
+}
+
+/// Node reads for one proof or root: a [`LedgerReader`] that remembers the last node block it
+/// read. Lives for one computation on one thread; the block it holds is bounded by the view's
+/// tree size like every other read, so a partial block being rewritten meanwhile is harmless.
+#[derive(Debug)]
+pub struct NodeCursor<'a> {
+    reader: &'a LedgerReader,
+    /// The last node block fetched: its number and bytes (a cheap `Arc` clone of sled's value).
+    block: RefCell<Option<(u64, sled::IVec)>>,
 }
 
 /// Why the ledger could not be read.
@@ -26,7 +47,7 @@ pub enum ReadError {
 
 impl LedgerReader {
     pub(crate) fn new(tree: sled::Tree) -> Self {
-        Self { tree }
+        Self { tree, nodes: Arc::new(NodeCache::new()) }
     }
 
     /// Opens the ledger tree of `db`.
@@ -38,9 +59,21 @@ impl LedgerReader {
         &self.tree
     }
 
+    /// Forgets cached nodes: for when the whole tree is replaced (snapshot installation).
+    /// Not needed for correctness, since replicas store the same nodes for the same log; it
+    /// keeps a cache from outliving the state it was filled from.
+    pub(crate) fn clear_caches(&self) {
+        self.nodes.clear();
+    }
+
     /// Roots and proofs for the tree of `size` leaves. `size` MUST NOT exceed the applied size.
-    pub fn view(&self, size: TreeSize) -> MmrView<&LedgerReader> {
-        MmrView::new(self, size)
+    pub fn view(&self, size: TreeSize) -> MmrView<NodeCursor<'_>> {
+        MmrView::new(NodeCursor { reader: self, block: RefCell::new(None) }, size)
+    }
+
+    /// The node block `block_number`, straight from sled.
+    fn node_block(&self, block_number: u64) -> Result<Option<sled::IVec>, ReadError> {
+        Ok(self.tree.get(keys::with_u64(keys::NODE, block_number))?)
     }
 
     /// The bytes of the record at `index`, if it has been applied.
@@ -152,15 +185,54 @@ impl NodeReader for LedgerReader {
     type Error = ReadError;
 
     fn get(&self, pos: NodePos) -> Result<Option<Hash>, ReadError> {
-        let block_number = pos.0 / blocks::NODES_PER_BLOCK;
-        let Some(block) = self.tree.get(keys::with_u64(keys::NODE, block_number))? else { return Ok(None) };
-        let count = blocks::node_block_len(&block).ok_or_else(|| corrupt_block("MMR node", block_number))?;
-        let offset = blocks::offset_in_block(pos.0, blocks::NODES_PER_BLOCK);
-        if offset >= count {
-            return Ok(None);
-        }
-        blocks::node_in_block(&block, offset).map(Some).ok_or_else(|| corrupt_block("MMR node", block_number))
+        cached_node(&self.nodes, pos, |block_number| self.node_block(block_number))
     }
+}
+
+impl NodeReader for NodeCursor<'_> {
+    type Error = ReadError;
+
+    fn get(&self, pos: NodePos) -> Result<Option<Hash>, ReadError> {
+        cached_node(&self.reader.nodes, pos, |block_number| {
+            let mut last = self.block.borrow_mut();
+            if let Some((number, block)) = &*last
+                && *number == block_number
+            {
+                return Ok(Some(block.clone()));
+            }
+            let block = self.reader.node_block(block_number)?;
+            *last = block.clone().map(|block| (block_number, block));
+            Ok(block)
+        })
+    }
+}
+
+/// The node at `pos`: from `cache` if it holds it, else from its block (fetched by
+/// `fetch_block`), caching it if the cache admits it.
+fn cached_node(
+    cache: &NodeCache,
+    pos: NodePos,
+    fetch_block: impl FnOnce(u64) -> Result<Option<sled::IVec>, ReadError>,
+) -> Result<Option<Hash>, ReadError> {
+    let admitted = NodeCache::admits(pos);
+    if admitted.is_some()
+        && let Some(hash) = cache.get(pos)
+    {
+        return Ok(Some(hash));
+    }
+    let block_number = pos.0 / blocks::NODES_PER_BLOCK;
+    let Some(block) = fetch_block(block_number)? else { return Ok(None) };
+    let count = blocks::node_block_len(&block).ok_or_else(|| corrupt_block("MMR node", block_number))?;
+    let offset = blocks::offset_in_block(pos.0, blocks::NODES_PER_BLOCK);
+    if offset >= count {
+        return Ok(None);
+    }
+    let hash =
+        blocks::node_in_block(&block, offset).ok_or_else(|| corrupt_block("MMR node", block_number))?;
+    if let Some(height) = admitted {
+        cache.insert(pos, height, hash);
+    }
+    Ok(Some(hash))
 }
 
 fn corrupt_block(what: &str, block_number: u64) -> ReadError {

@@ -1,10 +1,11 @@
 //! The ledger state machine's domain logic: apply, idempotency, restart checks, corruption,
 //! snapshots and publications — synchronous, on a temporary sled database.
 
+use ledger_node::read_pool::ReadPool;
 use ledger_node::storage::ledger::{Ledger, OpenError};
 use ledger_node::storage::reader::LedgerReader;
 use ledger_node::types::{Command, Entry, PublishCheckpoint};
-use mmr::{Checkpoint, LeafIndex, MemStore, Mmr, TreeSize, leaf_hash};
+use mmr::{Checkpoint, LeafIndex, MemStore, Mmr, NodePos, NodeReader, TreeSize, leaf_hash};
 use openraft::EntryPayload;
 
 use crate::support::{append_entry, log_id, membership_entry, record_bytes, signer};
@@ -49,6 +50,80 @@ fn applied_records_get_contiguous_indexes_and_the_expected_root() {
     assert_eq!(reader.leaf(7).expect("read").expect("present"), record_bytes(7));
     let proof = reader.view(TreeSize(11)).inclusion_proof(LeafIndex(7), TreeSize(11)).expect("proof");
     assert_eq!(proof.verify(&leaf_hash(&record_bytes(7)), &state.root), Ok(()));
+}
+
+/// Every stored node, read through `reader` (twice: the second read of an upper node is a
+/// cache hit), equals the node of an in-memory MMR of the same records; so do proofs.
+fn check_reads_match(db: &sled::Db, reader: &LedgerReader, size: u64) {
+    let expected = expected_mmr(size);
+    let cold = LedgerReader::open(db).expect("a second reader, with its own empty cache");
+    for pos in (0..TreeSize(size).node_count()).map(NodePos) {
+        let stored = expected.store().get(pos).expect("in memory");
+        assert!(stored.is_some(), "node {pos} of {size} leaves");
+        assert_eq!(reader.get(pos).expect("read"), stored, "node {pos}, first read");
+        assert_eq!(reader.get(pos).expect("read"), stored, "node {pos}, second read");
+        assert_eq!(cold.get(pos).expect("read"), stored, "node {pos}, uncached");
+    }
+    assert_eq!(reader.get(NodePos(TreeSize(size).node_count() + 5000)).expect("read"), None);
+    let view = reader.view(TreeSize(size));
+    for index in (0..size).step_by(37).chain([size - 1]) {
+        for proof_size in [index + 1, size] {
+            let proof = view.inclusion_proof(LeafIndex(index), TreeSize(proof_size)).expect("proof");
+            let want = expected.inclusion_proof(LeafIndex(index), TreeSize(proof_size)).expect("proof");
+            assert_eq!(proof, want, "leaf {index} in {proof_size}");
+        }
+    }
+    let old = size / 3;
+    assert_eq!(
+        view.consistency_proof(TreeSize(old), TreeSize(size)).expect("proof"),
+        expected.consistency_proof(TreeSize(old), TreeSize(size)).expect("proof")
+    );
+}
+
+#[test]
+fn cached_node_reads_are_exactly_the_stored_nodes_as_the_tree_grows() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = open_db(&dir);
+    let mut ledger = open(&db).expect("opens");
+    // Sizes that end inside node blocks (partial blocks are rewritten as the tree grows) and
+    // trees tall enough for cached nodes (height ≥ 6) across several 1024-node blocks.
+    let mut size = 0;
+    for (entry, end) in [700u64, 1500, 2049, 3333].into_iter().enumerate() {
+        ledger.apply(vec![append_entry(entry as u64 + 1, size..end)]).expect("apply");
+        size = end;
+        check_reads_match(&db, ledger.reader(), size);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_read_pool_runs_every_proof_it_is_given() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = open_db(&dir);
+    let mut ledger = open(&db).expect("opens");
+    ledger.apply(vec![append_entry(1, 0..500)]).expect("apply");
+    let root = ledger.state().root;
+    let pool = ReadPool::start(ledger.reader()).expect("threads start");
+    let mut proofs = tokio::task::JoinSet::new();
+    for index in 0..500 {
+        let pool = pool.clone();
+        proofs.spawn(async move {
+            let proof = pool
+                .run(move |reader| {
+                    reader.view(TreeSize(500)).inclusion_proof(LeafIndex(index), TreeSize(500))
+                })
+                .await
+                .expect("the pool runs it")
+                .expect("proof");
+            (index, proof)
+        });
+    }
+    let mut seen = 0;
+    while let Some(joined) = proofs.join_next().await {
+        let (index, proof) = joined.expect("task");
+        assert_eq!(proof.verify(&leaf_hash(&record_bytes(index)), &root), Ok(()), "leaf {index}");
+        seen += 1;
+    }
+    assert_eq!(seen, 500);
 }
 
 #[test]
