@@ -3,7 +3,8 @@
 #   1. appends as fast as the cluster takes them (200k records of 512 B, batches of 100)
 #   2. appends offered at 20,000 records/s (acknowledgement latency, open loop)
 #   3. appends until the tree holds 1.2 million leaves
-#   4. inclusion proofs of random leaves against the latest checkpoint, twice (cold, warm)
+#   4. inclusion proofs of random leaves against the latest checkpoint: once cold, then warm at
+#      64, 32 and 16 requests in flight (latency depends on it: mean = in flight / throughput)
 # Usage: scripts/ledger-bench.sh [OUTPUT_FILE]     (default: target/ledger-bench.txt)
 # The machine is shared and noisy: compare figures from the same invocation only.
 set -euo pipefail
@@ -25,5 +26,7 @@ all=127.0.0.1:7410,127.0.0.1:7420,127.0.0.1:7430
   $loadgen append --targets $leader --records 800000 --batch 100 --concurrency 64
   sleep 2
   $loadgen proofs --targets $all --requests 100000 --concurrency 64
-  $loadgen proofs --targets $all --requests 100000 --concurrency 64
+  for concurrency in 64 32 16; do
+    $loadgen proofs --targets $all --requests 100000 --concurrency $concurrency
+  done
 } 2>&1 | grep -v '^append failed' | tee "$out"
