@@ -49,8 +49,22 @@ pub struct LedgerNode {
 }
 
 /// Runs a node until `shutdown` completes, then stops it cleanly.
+///
+/// A node whose stored ledger fails its start-up checks does not serve it: it logs why, keeps
+/// only the metrics port up (`/healthz` answers 503 with the reason, so an orchestrator sees it)
+/// until `shutdown`, then returns the error.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    let node = LedgerNode::start(&config).await?;
+    let metrics = Metrics::new();
+    let node = match LedgerNode::start_with_metrics(&config, metrics.clone()).await {
+        Ok(node) => node,
+        Err(error) if !metrics.health().is_healthy() => {
+            tracing::error!(error = format!("{error:#}"), "refusing to serve this node's ledger");
+            let listener = bind(config.metrics_listen, "metrics").await?;
+            metrics::serve(listener, metrics, shutdown).await.context("metrics server")?;
+            return Err(error);
+        }
+        Err(error) => return Err(error),
+    };
     tracing::info!(
         node_id = node.node_id,
         client = %node.client_addr,
@@ -66,8 +80,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
 impl LedgerNode {
     /// Opens storage, binds the listeners and starts every task.
     pub async fn start(config: &Config) -> anyhow::Result<Self> {
+        Self::start_with_metrics(config, Metrics::new()).await
+    }
+
+    /// [`Self::start`], reporting into `metrics` (whose health flag says why a start failed).
+    pub async fn start_with_metrics(config: &Config, metrics: Metrics) -> anyhow::Result<Self> {
         config.validate().context("invalid configuration")?;
-        let metrics = Metrics::new();
         let health = metrics.health().clone();
 
         std::fs::create_dir_all(&config.data_dir)

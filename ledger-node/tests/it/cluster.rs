@@ -23,7 +23,7 @@ const WAIT: Duration = Duration::from_secs(30);
 pub(crate) struct Cluster {
     pub(crate) dir: tempfile::TempDir,
     pub(crate) nodes: BTreeMap<u64, LedgerNode>,
-    configs: BTreeMap<u64, Config>,
+    pub(crate) configs: BTreeMap<u64, Config>,
     /// Every node's verifier key, kept after the node stops: auditors keep them too.
     keys: BTreeMap<u64, String>,
 }

@@ -183,3 +183,47 @@ async fn appends_beyond_the_concurrency_limit_are_refused_and_change_nothing() {
     let applied = leader.applied.borrow().size;
     assert_eq!(applied, TreeSize(acknowledged));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_a_corrupted_ledger_refuses_to_serve_and_says_why() {
+    let mut cluster = Cluster::start(1, |_| {}).await;
+    append(&mut client(&cluster.nodes[&1]).await, 0..100).await;
+    let config = cluster.configs[&1].clone();
+    cluster.stop(1).await;
+
+    // 100 leaves: the first peak (height 6) is node 126, in node block 0.
+    {
+        // The stopped node's last tasks release the database shortly after shutdown returns.
+        let db = eventually("the stopped node releases its database", || async {
+            sled::Config::new()
+                .path(config.data_dir.join("sled"))
+                .segment_size(ledger_node::storage::SLED_SEGMENT_BYTES)
+                .open()
+                .ok()
+        })
+        .await;
+        let tree = db.open_tree("ledger").expect("tree");
+        let key = [&[b'n'][..], &0u64.to_be_bytes()].concat();
+        let mut block = tree.get(&key).expect("read").expect("node block 0").to_vec();
+        block[126 * 32] ^= 1;
+        tree.insert(&key, block).expect("corrupt a peak");
+        db.flush().expect("flush");
+    }
+
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(ledger_node::run(config.clone(), async move {
+        let _ = stopped.await;
+    }));
+    let health = eventually("/healthz reports the corruption", || async {
+        tokio::net::TcpStream::connect(config.metrics_listen).await.ok()?;
+        let response = crate::config::http_get(config.metrics_listen, "/healthz").await;
+        (response.status == 503).then_some(response.body)
+    })
+    .await;
+    assert!(health.contains("root"), "{health}");
+    // Nothing else is served: the client port is not listening.
+    assert!(tokio::net::TcpStream::connect(config.client_listen).await.is_err());
+    stop.send(()).expect("the node is waiting for shutdown");
+    let error = running.await.expect("task").expect_err("the node refused to start");
+    assert!(format!("{error:#}").contains("root"), "{error:#}");
+}

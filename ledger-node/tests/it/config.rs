@@ -785,14 +785,14 @@ fn risky_but_valid_settings_are_warned_about() {
 }
 
 /// A response of the metrics server.
-struct HttpResponse {
-    status: u16,
+pub(crate) struct HttpResponse {
+    pub(crate) status: u16,
     content_type: Option<String>,
-    body: String,
+    pub(crate) body: String,
 }
 
 /// A bare HTTP/1.1 GET: the server closes the connection after answering.
-async fn http_get(address: SocketAddr, path: &str) -> HttpResponse {
+pub(crate) async fn http_get(address: SocketAddr, path: &str) -> HttpResponse {
     let exchange = async {
         let mut stream =
             tokio::net::TcpStream::connect(address).await.expect("connect to the metrics server");
