@@ -44,6 +44,28 @@ impl CheckpointSigner {
     }
 }
 
+/// How long a follower waits for its own apply to reach the size the leader asks it to cosign.
+/// Under load a follower trails the leader by a few milliseconds; refusing at once would leave
+/// checkpoints unpublished for as long as appends keep coming.
+const COSIGN_APPLY_WAIT: Duration = Duration::from_millis(500);
+/// How often the waiting follower looks again.
+const COSIGN_APPLY_POLL: Duration = Duration::from_millis(2);
+
+impl CheckpointSigner {
+    /// This node's applied size, after waiting up to [`COSIGN_APPLY_WAIT`] for it to reach
+    /// `size`. Runs on a blocking thread (the peer service calls `cosign` there).
+    fn applied_at_least(&self, size: mmr::TreeSize) -> mmr::TreeSize {
+        let deadline = std::time::Instant::now() + COSIGN_APPLY_WAIT;
+        loop {
+            let applied = self.applied.borrow().size;
+            if applied >= size || std::time::Instant::now() >= deadline {
+                return applied;
+            }
+            std::thread::sleep(COSIGN_APPLY_POLL);
+        }
+    }
+}
+
 impl Cosign for CheckpointSigner {
     fn cosign(&self, body: &str) -> Result<NoteSignature, CosignRefusal> {
         if let Some(reason) = self.health.reason() {
@@ -57,7 +79,7 @@ impl Cosign for CheckpointSigner {
                 checkpoint.origin
             )));
         }
-        let applied = self.applied.borrow().size;
+        let applied = self.applied_at_least(checkpoint.size);
         if checkpoint.size > applied {
             return Err(CosignRefusal::NotApplied { applied: applied.0, requested: checkpoint.size.0 });
         }

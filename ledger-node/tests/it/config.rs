@@ -66,7 +66,7 @@ fn defaults_fill_everything_but_the_required_settings() {
             election_timeout_max_ms: 2000,
             install_snapshot_timeout_ms: 30_000,
             snapshot_after_entries: 50_000,
-            max_payload_entries: 512,
+            max_payload_entries: 64,
             replication_lag_threshold: 20_000,
         },
         limits: LimitsConfig {
