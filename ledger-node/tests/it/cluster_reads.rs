@@ -227,3 +227,38 @@ async fn a_node_with_a_corrupted_ledger_refuses_to_serve_and_says_why() {
     let error = running.await.expect("task").expect_err("the node refused to start");
     assert!(format!("{error:#}").contains("root"), "{error:#}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_requires_the_configured_token() {
+    let token_dir = tempfile::tempdir().expect("temp dir");
+    let token_file = token_dir.path().join("admin.token");
+    std::fs::write(&token_file, "s3cret-admin-token\n").expect("write token");
+    let mut cluster = Cluster::start(1, |_| {}).await;
+    let mut config = cluster.configs[&1].clone();
+    cluster.stop(1).await;
+    config.admin_token_file = Some(token_file);
+    let node = eventually("the node restarts with a token", || {
+        let config = config.clone();
+        async move { ledger_node::LedgerNode::start(&config).await.ok() }
+    })
+    .await;
+
+    let mut admin = admin(&node).await;
+    let status = |token: Option<&str>| {
+        let mut request = tonic::Request::new(v1::StatusRequest {});
+        if let Some(token) = token {
+            request.metadata_mut().insert("authorization", token.parse().expect("ascii"));
+        }
+        request
+    };
+    for wrong in
+        [None, Some("Bearer wrong-token"), Some("s3cret-admin-token"), Some("Bearer s3cret-admin-token ")]
+    {
+        let error = admin.status(status(wrong)).await.expect_err("refused without the right token");
+        assert_eq!(error.code(), tonic::Code::Unauthenticated, "{wrong:?}");
+    }
+    let reply =
+        admin.status(status(Some("Bearer s3cret-admin-token"))).await.expect("the right token is accepted");
+    assert_eq!(reply.into_inner().node_id, 1);
+    node.shutdown().await.expect("clean shutdown");
+}
