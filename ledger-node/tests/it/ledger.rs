@@ -13,7 +13,7 @@ use crate::support::{append_entry, log_id, membership_entry, record_bytes, signe
 const ORIGIN: &str = "aegis.test/ledger";
 
 fn open_db(dir: &tempfile::TempDir) -> sled::Db {
-    sled::Config::new().path(dir.path()).open().expect("sled opens")
+    crate::support::open_sled(dir.path())
 }
 
 fn open(db: &sled::Db) -> Result<Ledger, OpenError> {

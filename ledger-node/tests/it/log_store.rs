@@ -49,7 +49,7 @@ impl TestStore {
 }
 
 fn open_store(path: &Path) -> (sled::Db, Syncer, LogStore) {
-    let db = sled::Config::new().path(path).open().expect("sled opens");
+    let db = crate::support::open_sled(path);
     let syncer = Syncer::new(&db, path, SyncMode::Fdatasync).expect("syncer starts");
     let store = LogStore::open(&db, syncer.clone()).expect("log store opens");
     (db, syncer, store)

@@ -73,3 +73,19 @@ pub(crate) fn membership_entry(index: u64, ids: &[u64]) -> Entry {
         payload: EntryPayload::Membership(Membership::new(vec![voters], nodes)),
     }
 }
+
+/// Opens the sled database at `path`. sled's background flusher lets go of a dropped database a
+/// moment later: until then its file lock is held, so a reopen right after a drop retries.
+pub(crate) fn open_sled(path: &std::path::Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match sled::Config::new().path(path).open() {
+            Ok(db) => return db,
+            Err(error) if std::time::Instant::now() < deadline => {
+                assert!(error.to_string().contains("lock"), "sled refused to open: {error}");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(error) => panic!("sled still refuses to open after 10 s: {error}"),
+        }
+    }
+}
