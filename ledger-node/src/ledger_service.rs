@@ -20,7 +20,7 @@ use crate::metrics::{Metrics, ProofKind, RejectReason};
 use crate::read_pool::ReadPool;
 use crate::storage::ledger::AppliedState;
 use crate::storage::reader::{LedgerReader, ReadError};
-use crate::types::{NodeId, Raft, Record, parse_record_id};
+use crate::types::{NodeId, Raft, Record, RecordId, parse_record_id};
 
 /// Metadata key set on an `Append` a follower forwards, so the leader never forwards it again.
 const FORWARDED: &str = "aegis-forwarded";
@@ -98,9 +98,9 @@ impl LedgerService {
         proto::LedgerServer::new(self).max_decoding_message_size(bytes).max_encoding_message_size(bytes)
     }
 
-    /// Checks every limit and parses every record before anything is proposed: a bad request
-    /// changes nothing.
-    fn validate(&self, records: Vec<Vec<u8>>) -> Result<Vec<Record>, Status> {
+    /// Checks every limit and reads every record's id before anything is proposed: a bad
+    /// request changes nothing. Borrows the records, so a follower can check what it forwards.
+    fn validate(&self, records: &[Vec<u8>]) -> Result<Vec<RecordId>, Status> {
         let limits = &self.limits;
         let reject = |reason: RejectReason, message: String| {
             self.metrics.requests_rejected_total(reason).inc();
@@ -133,7 +133,7 @@ impl LedgerService {
             ));
         }
         records
-            .into_iter()
+            .iter()
             .enumerate()
             .map(|(index, bytes)| {
                 if bytes.len() > limits.record_bytes_max {
@@ -146,7 +146,7 @@ impl LedgerService {
                         ),
                     ));
                 }
-                Record::parse(index, bytes)
+                Record::read_id(index, bytes)
                     .map_err(|error| reject(RejectReason::MalformedRecord, error.to_string()))
             })
             .collect()
@@ -169,7 +169,9 @@ impl LedgerService {
 
     /// The current leader's id and client address, as this node knows them.
     fn leader(&self) -> Option<(NodeId, String)> {
-        let metrics = self.raft.metrics().borrow().clone();
+        // Borrowed, not cloned: this runs on every Append.
+        let receiver = self.raft.metrics();
+        let metrics = receiver.borrow();
         let leader = metrics.current_leader?;
         let node = metrics.membership_config.membership().get_node(&leader)?;
         Some((leader, node.client_addr.clone()))
@@ -265,14 +267,16 @@ impl proto::Ledger for LedgerService {
             Some((leader, _)) if leader == self.node_id => {}
             Some((_, leader_addr)) if !forwarded => {
                 // Validate here too, so a bad request never costs the leader a round trip.
-                self.validate(request.records.clone())?;
+                self.validate(&request.records)?;
                 let response = self.forward(request, &leader_addr).await?;
                 self.metrics.append_latency_seconds.observe(started.elapsed().as_secs_f64());
                 return Ok(Response::new(response));
             }
             leader => return Err(not_leader(leader.map(|(_, addr)| addr))),
         }
-        let records = self.validate(request.records)?;
+        let ids = self.validate(&request.records)?;
+        let records: Vec<Record> =
+            ids.into_iter().zip(request.records).map(|(id, bytes)| Record { id, bytes }).collect();
         let count = records.len();
         let appended = self.batcher.submit(records).await.map_err(|error| match error {
             SubmitError::QueueFull { .. } => {

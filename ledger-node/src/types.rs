@@ -126,11 +126,16 @@ impl Record {
     /// Reads the record id out of `bytes`, the encoding of an `AuditRecord`, and keeps the
     /// bytes as they are. `index` names the record in its request for error messages.
     pub fn parse(index: usize, bytes: Vec<u8>) -> Result<Self, RecordError> {
-        let record =
-            proto::v1::AuditRecord::decode(bytes.as_slice()).map_err(|_| RecordError::Malformed { index })?;
-        let id = parse_record_id(&record.record_id)
-            .ok_or_else(|| RecordError::BadRecordId { index, id: record.record_id.clone() })?;
-        Ok(Self { id, bytes })
+        Ok(Self { id: Self::read_id(index, &bytes)?, bytes })
+    }
+
+    /// Reads and checks the record id of the `AuditRecord` encoded in `bytes`, without taking them.
+    pub fn read_id(index: usize, bytes: &[u8]) -> Result<RecordId, RecordError> {
+        let record = proto::v1::AuditRecord::decode(bytes).map_err(|_| RecordError::Malformed { index })?;
+        match parse_record_id(&record.record_id) {
+            Some(id) => Ok(id),
+            None => Err(RecordError::BadRecordId { index, id: record.record_id }),
+        }
     }
 }
 
