@@ -15,6 +15,10 @@ use tokio::time::Instant;
 use crate::metrics::Metrics;
 use crate::types::{AppendBatch, AppendedLeaf, Command, NodeId, NodeInfo, Raft, Record};
 
+/// Raft entries the leader keeps proposed but not yet applied: enough to overlap replication,
+/// flushing and applying; each holds at most `group_commit.entry_bytes_max` of records.
+pub const ENTRIES_IN_FLIGHT_MAX: usize = 64;
+
 /// Limits of group commit; see `[group_commit]` in the configuration.
 #[derive(Clone, Copy, Debug)]
 pub struct BatcherSettings {

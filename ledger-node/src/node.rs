@@ -140,7 +140,7 @@ impl LedgerNode {
                 entry_bytes_max: config.group_commit.entry_bytes_max,
                 linger: config.group_commit.linger(),
                 queue_records_max: config.group_commit.queue_records_max,
-                entries_in_flight_max: 64,
+                entries_in_flight_max: crate::batcher::ENTRIES_IN_FLIGHT_MAX,
             },
             metrics.clone(),
         );
