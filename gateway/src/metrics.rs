@@ -1,0 +1,235 @@
+//! The gateway's Prometheus metrics (`aegis_gateway_*`), served on `/metrics`.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+/// The content type of `/metrics`: prometheus-client writes OpenMetrics 1.0 text.
+pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Latency buckets from 25 µs (a policy stage) to 60 s (a long completion).
+const LATENCY_BUCKETS_SECONDS: [f64; 20] = [
+    0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// Every metric of the gateway. Clones share the values. Fields are named after their metric
+/// without the `aegis_gateway_` prefix.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    /// From receiving a request to handing its response to the connection, by route and status.
+    request_duration_seconds: Family<RequestLabels, Histogram, fn() -> Histogram>,
+    /// Time spent in each policy stage before the upstream call.
+    stage_duration_seconds: Family<StageLabels, Histogram, fn() -> Histogram>,
+    /// From sending a request upstream to its response headers, by upstream.
+    upstream_duration_seconds: Family<UpstreamLabels, Histogram, fn() -> Histogram>,
+    /// Requests refused by the rate limiter, by dimension (`requests`, `tokens`).
+    rate_limit_rejections_total: Family<DimensionLabels, Counter>,
+    /// Streaming responses open now.
+    pub streams_open: Gauge,
+    pub audit_records_submitted_total: Counter,
+    /// Records the ledger acknowledged (directly or from the spool).
+    pub audit_records_acknowledged_total: Counter,
+    /// Records written to the spool.
+    pub audit_records_spooled_total: Counter,
+    /// Records lost. Must stay 0; it can only grow for fail-open tenants when the spool is full.
+    pub audit_records_dropped_total: Counter,
+    /// Records the ledger refused for good, kept in the dead-letter directory.
+    pub audit_records_rejected_total: Counter,
+    /// Append calls to the ledger that failed and were retried or spooled.
+    pub audit_append_failures_total: Counter,
+    /// Records per Append batch.
+    pub audit_batch_records: Histogram,
+    /// Records waiting in memory for the sender.
+    pub audit_queue_depth: Gauge<u64, AtomicU64>,
+    pub audit_spool_bytes: Gauge,
+    pub audit_spool_records: Gauge,
+}
+
+/// A policy stage, for `stage_duration_seconds`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Stage {
+    Limits,
+    Auth,
+    RateLimit,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RequestLabels {
+    route: &'static str,
+    status: u16,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct StageLabels {
+    stage: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct UpstreamLabels {
+    upstream: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DimensionLabels {
+    dimension: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS_SECONDS)
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("aegis_gateway");
+        let request_duration_seconds = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let stage_duration_seconds = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let upstream_duration_seconds = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let metrics = Self {
+            registry: Arc::new(Registry::default()),
+            request_duration_seconds,
+            stage_duration_seconds,
+            upstream_duration_seconds,
+            rate_limit_rejections_total: Family::default(),
+            streams_open: Gauge::default(),
+            audit_records_submitted_total: Counter::default(),
+            audit_records_acknowledged_total: Counter::default(),
+            audit_records_spooled_total: Counter::default(),
+            audit_records_dropped_total: Counter::default(),
+            audit_records_rejected_total: Counter::default(),
+            audit_append_failures_total: Counter::default(),
+            audit_batch_records: Histogram::new([
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+            ]),
+            audit_queue_depth: Gauge::default(),
+            audit_spool_bytes: Gauge::default(),
+            audit_spool_records: Gauge::default(),
+        };
+        registry.register_with_unit(
+            "request_duration",
+            "Time from receiving a request to handing over its response, by route and status",
+            Unit::Seconds,
+            metrics.request_duration_seconds.clone(),
+        );
+        registry.register_with_unit(
+            "stage_duration",
+            "Time spent in each policy stage",
+            Unit::Seconds,
+            metrics.stage_duration_seconds.clone(),
+        );
+        registry.register_with_unit(
+            "upstream_duration",
+            "Time from sending a request upstream to receiving its response headers",
+            Unit::Seconds,
+            metrics.upstream_duration_seconds.clone(),
+        );
+        registry.register(
+            "rate_limit_rejections",
+            "Requests refused by the rate limiter",
+            metrics.rate_limit_rejections_total.clone(),
+        );
+        registry.register("streams_open", "Streaming responses open now", metrics.streams_open.clone());
+        for (name, help, counter) in [
+            (
+                "audit_records_submitted",
+                "Audit records handed to the sender",
+                &metrics.audit_records_submitted_total,
+            ),
+            (
+                "audit_records_acknowledged",
+                "Audit records the ledger acknowledged",
+                &metrics.audit_records_acknowledged_total,
+            ),
+            (
+                "audit_records_spooled",
+                "Audit records written to the on-disk spool",
+                &metrics.audit_records_spooled_total,
+            ),
+            (
+                "audit_records_dropped",
+                "Audit records lost (must stay 0)",
+                &metrics.audit_records_dropped_total,
+            ),
+            (
+                "audit_records_rejected",
+                "Audit records the ledger refused, kept in the dead-letter directory",
+                &metrics.audit_records_rejected_total,
+            ),
+            (
+                "audit_append_failures",
+                "Failed Append calls to the ledger",
+                &metrics.audit_append_failures_total,
+            ),
+        ] {
+            registry.register(name, help, counter.clone());
+        }
+        registry.register(
+            "audit_batch_records",
+            "Records per Append batch",
+            metrics.audit_batch_records.clone(),
+        );
+        registry.register(
+            "audit_queue_depth",
+            "Audit records waiting in memory for the sender",
+            metrics.audit_queue_depth.clone(),
+        );
+        registry.register_with_unit(
+            "audit_spool",
+            "Bytes of audit records waiting in the spool",
+            Unit::Bytes,
+            metrics.audit_spool_bytes.clone(),
+        );
+        registry.register(
+            "audit_spool_records",
+            "Audit records waiting in the spool",
+            metrics.audit_spool_records.clone(),
+        );
+        Self { registry: Arc::new(registry), ..metrics }
+    }
+
+    pub fn observe_request(&self, route: &'static str, status: u16, seconds: f64) {
+        self.request_duration_seconds.get_or_create(&RequestLabels { route, status }).observe(seconds);
+    }
+
+    pub fn observe_stage(&self, stage: Stage, seconds: f64) {
+        let stage = match stage {
+            Stage::Limits => "limits",
+            Stage::Auth => "auth",
+            Stage::RateLimit => "rate_limit",
+        };
+        self.stage_duration_seconds.get_or_create(&StageLabels { stage }).observe(seconds);
+    }
+
+    /// The upstream-latency histogram of one upstream, fetched once at start-up so the hot path
+    /// builds no label.
+    pub fn upstream_histogram(&self, upstream: &str) -> Histogram {
+        self.upstream_duration_seconds
+            .get_or_create(&UpstreamLabels { upstream: upstream.to_owned() })
+            .clone()
+    }
+
+    pub fn rate_limited(&self, dimension: &'static str) {
+        self.rate_limit_rejections_total.get_or_create(&DimensionLabels { dimension }).inc();
+    }
+
+    /// The metrics in OpenMetrics text.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String cannot fail");
+        text
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,316 @@
+//! The policy pipeline, declared once, outermost first:
+//!
+//! request id + audit record → trace span → (smuggling guard, issue #5) → limits → auth →
+//! (WAF, issue #5) → rate limit → adapter + forwarder (`proxy.rs`).
+//!
+//! Every stage that refuses answers in the route's error shape and says why in the audit
+//! record; the outermost stage finishes the record for every response, refused or not.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse as _, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Method};
+use http_body_util::BodyExt as _;
+use parking_lot::Mutex;
+use proto::v1;
+use sha2::{Digest as _, Sha256};
+use tracing::Instrument as _;
+
+use crate::app::App;
+use crate::audit::draft::{Draft, Outcome};
+use crate::config::Scope;
+use crate::error::{ApiError, ErrorKind, Flavor, Refusal};
+use crate::metrics::Stage;
+use crate::policy::limits::{self, ParsedRequest};
+use crate::policy::rate_limit::{Decision, Outcome as RateOutcome, Reservation};
+use crate::{audit, proxy};
+
+/// The header carrying the record id on every response.
+pub const RECORD_ID_HEADER: HeaderName = HeaderName::from_static("x-aegis-record-id");
+
+/// The token reservation of an admitted request, settled by whoever learns the usage.
+#[derive(Clone, Debug, Default)]
+pub struct ReservationSlot(Arc<Mutex<Option<Reservation>>>);
+
+/// Marks a streamed response: its stream task finishes the audit record, not the audit layer.
+#[derive(Clone, Copy, Debug)]
+pub struct StreamAudited;
+
+impl ReservationSlot {
+    /// Settles the reservation with the tokens actually used, if there is one left.
+    pub fn settle(&self, app: &App, total_tokens: u64) {
+        if let Some(reservation) = self.0.lock().take() {
+            app.limiter.settle(reservation, total_tokens, Instant::now());
+        }
+    }
+}
+
+/// The routes governed by the pipeline, with their stages.
+pub fn governed_router(app: Arc<App>) -> Router {
+    let routes = Router::new()
+        .route("/v1/chat/completions", post(proxy::chat_completions))
+        .route("/v1/completions", post(proxy::completions))
+        .route("/v1/embeddings", post(proxy::embeddings))
+        .route("/v1/messages", post(proxy::messages))
+        .route("/v1/models", get(proxy::models))
+        .route("/v1/audit/records/{record_id}", get(audit::lookup::get_record))
+        // Layers run bottom-up on the way in: limits, then auth, then the rate limit.
+        .route_layer(middleware::from_fn_with_state(app.clone(), rate_limit))
+        .route_layer(middleware::from_fn_with_state(app.clone(), authenticate))
+        .route_layer(middleware::from_fn_with_state(app.clone(), enforce_limits))
+        .fallback(not_found);
+    routes
+        .layer(middleware::from_fn(trace_span))
+        .layer(middleware::from_fn_with_state(app.clone(), record))
+        .with_state(app)
+}
+
+/// Outermost stage: gives the request its record id and finishes its audit record once the
+/// response is known (streams finish theirs in the stream task). For `durable` and `strict`
+/// tenants the response waits here until the record is spooled, respectively acknowledged.
+async fn record(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
+    let draft = Draft::begin(request.method().clone(), app.gateway_id.clone(), app.audit.clone());
+    request.extensions_mut().insert(draft.clone());
+    let mut response = next.run(request).await;
+    response.headers_mut().insert(RECORD_ID_HEADER, draft.header_value().clone());
+    let status = response.status();
+    let route = draft.update(|fields| fields.route);
+    if response.extensions().get::<StreamAudited>().is_some() {
+        app.metrics.observe_request(route, status.as_u16(), draft.started().elapsed().as_secs_f64());
+        return response;
+    }
+    let refusal = response.extensions().get::<Refusal>().map(|refusal| refusal.0);
+    let flavor = draft.update(|fields| fields.flavor);
+    let (parts, body) = response.into_parts();
+    // Non-streamed bodies are complete in memory (`Full`): collecting them does not wait.
+    let body = match body.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) => {
+            tracing::error!(%error, "a non-streamed response body failed");
+            Bytes::new()
+        }
+    };
+    let response_sha256: [u8; 32] = Sha256::digest(&body).into();
+    let wait = draft.finish(&Outcome {
+        status: status.as_u16(),
+        refusal,
+        response_sha256: &response_sha256,
+        response_bytes: body.len() as u64,
+    });
+    if let Some(delivered) = wait {
+        let outcome = tokio::time::timeout(app.strict_timeout, delivered).await;
+        if !matches!(outcome, Ok(Ok(Ok(())))) {
+            let error = ApiError::new(
+                ErrorKind::AuditUnavailable,
+                "the audit record of this request could not be made durable in time, so the response \
+                 is withheld; the record is kept and will be delivered. Retry later",
+            );
+            let mut response = error.into_response_for(flavor);
+            response.headers_mut().insert(RECORD_ID_HEADER, draft.header_value().clone());
+            return response;
+        }
+    }
+    app.metrics.observe_request(route, status.as_u16(), draft.started().elapsed().as_secs_f64());
+    Response::from_parts(parts, Body::from(body))
+}
+
+/// A span per request, carrying its record id.
+async fn trace_span(request: Request, next: Next) -> Response {
+    let record_id = request.extensions().get::<Arc<Draft>>().map(|draft| draft.record_id());
+    let span = tracing::info_span!("request", method = %request.method(), record_id = ?record_id);
+    next.run(request).instrument(span).await
+}
+
+/// Header and body limits; reads and parses the body once for every later stage.
+async fn enforce_limits(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let draft = draft_of(&request);
+    let route = request.extensions().get::<MatchedPath>().map_or("", |path| static_route(path.as_str()));
+    let flavor = if route == "/v1/messages" { Flavor::Anthropic } else { Flavor::OpenAi };
+    draft.update(|fields| {
+        fields.route = route;
+        fields.flavor = flavor;
+    });
+    if let Err(error) = limits::check_headers(request.headers(), app.limits.header_bytes_max) {
+        return error.into_response_for(flavor);
+    }
+    if request.method() != Method::POST {
+        app.metrics.observe_stage(Stage::Limits, started.elapsed().as_secs_f64());
+        return next.run(request).await;
+    }
+    let body_bytes_max = if route == "/v1/embeddings" {
+        app.limits.embeddings_body_bytes_max
+    } else {
+        app.limits.body_bytes_max
+    };
+    let (mut parts, body) = request.into_parts();
+    let parsed = match limits::read_body(&parts.headers, body, body_bytes_max).await.and_then(|body| {
+        draft.update(|fields| {
+            fields.request_sha256 = Sha256::digest(&body).to_vec();
+            fields.request_bytes = body.len() as u64;
+        });
+        limits::parse_request(body, app.limits.json_depth_max, app.limits.messages_max)
+    }) {
+        Ok(parsed) => parsed,
+        Err(error) => return error.into_response_for(flavor),
+    };
+    draft.update(|fields| {
+        fields.model.clone_from(&parsed.model);
+        fields.streamed = parsed.stream;
+    });
+    let body = Body::from(parsed.body.clone());
+    parts.extensions.insert(parsed);
+    app.metrics.observe_stage(Stage::Limits, started.elapsed().as_secs_f64());
+    next.run(Request::from_parts(parts, body)).await
+}
+
+/// API-key authentication, scope check, and the audit admission check.
+async fn authenticate(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let draft = draft_of(&request);
+    let flavor = draft.update(|fields| fields.flavor);
+    let credential = match app.auth.authenticate(request.headers()) {
+        Ok(credential) => credential,
+        Err(error) => return error.into_response_for(flavor),
+    };
+    draft.update(|fields| fields.credential = Some(credential.clone()));
+    let is_audit_route = draft.update(|fields| fields.route.starts_with("/v1/audit/"));
+    let scope = if is_audit_route { Scope::AuditRead } else { Scope::Proxy };
+    let admin_reading_records = is_audit_route && credential.has_scope(Scope::Admin);
+    if !admin_reading_records && let Err(error) = credential.require(scope) {
+        return error.into_response_for(flavor);
+    }
+    if !app.audit.accepting() {
+        if draft.fails_open() {
+            draft.update(|fields| fields.fail_open = true);
+        } else {
+            let error = ApiError::new(
+                ErrorKind::AuditUnavailable,
+                "the gateway cannot currently record audit records (ledger unreachable and spool full), \
+                 so it refuses requests rather than serve them unaudited. Retry later",
+            );
+            return error.into_response_for(flavor);
+        }
+    }
+    request.extensions_mut().insert(credential);
+    app.metrics.observe_stage(Stage::Auth, started.elapsed().as_secs_f64());
+    next.run(request).await
+}
+
+/// Request and token rate limits of the credential.
+async fn rate_limit(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let draft = draft_of(&request);
+    let Some(credential) = request.extensions().get::<Arc<crate::policy::auth::Credential>>().cloned() else {
+        return ApiError::new(ErrorKind::Internal, "the rate limit ran before authentication")
+            .into_response();
+    };
+    let tokens_estimate = request.extensions().get::<ParsedRequest>().map_or(0, |parsed| {
+        parsed.body.len() as u64 / 4 + parsed.max_tokens.unwrap_or(app.limits.default_completion_tokens)
+    });
+    let flavor = draft.update(|fields| fields.flavor);
+    let (decision, admitted) = match app.limiter.acquire(credential.index, tokens_estimate, Instant::now()) {
+        Ok(admission) => {
+            let slot = ReservationSlot(Arc::new(Mutex::new(Some(admission.reservation))));
+            request.extensions_mut().insert(slot);
+            (admission.decision, true)
+        }
+        Err(decision) => (decision, false),
+    };
+    draft.update(|fields| fields.rate_limit = Some(audit_decision(&decision)));
+    let mut headers = http::HeaderMap::new();
+    for (name, value) in decision.headers() {
+        if let Ok(value) = HeaderValue::try_from(value) {
+            headers.insert(name, value);
+        }
+    }
+    app.metrics.observe_stage(Stage::RateLimit, started.elapsed().as_secs_f64());
+    if !admitted {
+        let (kind, message) = match decision.outcome {
+            RateOutcome::LimitedRequests => {
+                app.metrics.rate_limited("requests");
+                (
+                    ErrorKind::RateLimitedRequests,
+                    "rate limit reached for requests: retry after the time in retry-after".to_owned(),
+                )
+            }
+            RateOutcome::TokensExceedCapacity => {
+                app.metrics.rate_limited("tokens");
+                (
+                    ErrorKind::RateLimitedTokens,
+                    format!(
+                        "this request needs an estimated {tokens_estimate} tokens, more than this key's per-minute token limit: \
+                     lower max_tokens or the prompt"
+                    ),
+                )
+            }
+            RateOutcome::LimitedTokens | RateOutcome::Allowed => {
+                app.metrics.rate_limited("tokens");
+                (
+                    ErrorKind::RateLimitedTokens,
+                    "rate limit reached for tokens: retry after the time in retry-after".to_owned(),
+                )
+            }
+        };
+        return ApiError::new(kind, message).with_headers(headers).into_response_for(flavor);
+    }
+    let mut response = next.run(request).await;
+    response.headers_mut().extend(headers);
+    response
+}
+
+/// 404 in OpenAI's shape for any other path.
+async fn not_found(request: Request) -> Response {
+    ApiError::new(ErrorKind::NotFound, format!("no route for {} {}", request.method(), request.uri().path()))
+        .into_response()
+}
+
+/// The rate-limit decision as the audit record states it.
+fn audit_decision(decision: &Decision) -> v1::RateLimitDecision {
+    let outcome = match decision.outcome {
+        RateOutcome::Allowed => v1::RateLimitOutcome::Allowed,
+        RateOutcome::LimitedRequests => v1::RateLimitOutcome::LimitedRequests,
+        RateOutcome::LimitedTokens | RateOutcome::TokensExceedCapacity => v1::RateLimitOutcome::LimitedTokens,
+    };
+    let millis = |duration: std::time::Duration| u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+    let requests = decision.requests.as_ref();
+    let tokens = decision.tokens.as_ref();
+    v1::RateLimitDecision {
+        outcome: outcome.into(),
+        requests_limit: requests.map_or(0, |quota| quota.limit),
+        requests_remaining: requests.map_or(0, |quota| quota.remaining),
+        requests_reset_ms: requests.map_or(0, |quota| millis(quota.reset)),
+        tokens_limit: tokens.map_or(0, |quota| quota.limit),
+        tokens_remaining: tokens.map_or(0, |quota| quota.remaining),
+        tokens_reset_ms: tokens.map_or(0, |quota| millis(quota.reset)),
+    }
+}
+
+/// The request's draft, which the outermost stage always inserts.
+fn draft_of(request: &Request) -> Arc<Draft> {
+    request
+        .extensions()
+        .get::<Arc<Draft>>()
+        .cloned()
+        .expect("the record stage runs first and inserts the draft")
+}
+
+/// The route template as a `'static` string, for labels and records.
+fn static_route(path: &str) -> &'static str {
+    match path {
+        "/v1/chat/completions" => "/v1/chat/completions",
+        "/v1/completions" => "/v1/completions",
+        "/v1/embeddings" => "/v1/embeddings",
+        "/v1/messages" => "/v1/messages",
+        "/v1/models" => "/v1/models",
+        "/v1/audit/records/{record_id}" => "/v1/audit/records/{record_id}",
+        _ => "",
+    }
+}

@@ -1,0 +1,358 @@
+//! The adapter and forwarder: picks the upstream that serves the request's model, forwards the
+//! body as received, and relays the answer. Plain responses are read whole (bounded), analysed
+//! and returned; streams are relayed chunk by chunk by a stream task that also finishes the
+//! request's audit record when the stream ends, however it ends.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Extension;
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::{IntoResponse as _, Response};
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use http::{HeaderMap, HeaderValue, StatusCode};
+use sha2::{Digest as _, Sha256};
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::analysis::ResponseAnalyzer;
+use crate::app::App;
+use crate::audit::draft::{Draft, Outcome, STATUS_CLIENT_CLOSED};
+use crate::config::AuditModeConfig;
+use crate::error::{ApiError, ErrorKind, Flavor};
+use crate::pipeline::{ReservationSlot, StreamAudited};
+use crate::policy::limits::ParsedRequest;
+use crate::upstream::{Api, ResponseBody, Upstream};
+
+/// The `: ping` comment sent while a stream waits for its first chunk.
+const PING: &[u8] = b": ping\n\n";
+
+type ProxyState = State<Arc<App>>;
+
+pub async fn chat_completions(
+    State(app): ProxyState,
+    Extension(draft): Extension<Arc<Draft>>,
+    Extension(parsed): Extension<ParsedRequest>,
+    Extension(slot): Extension<ReservationSlot>,
+    headers: HeaderMap,
+) -> Response {
+    proxy(app, Api::ChatCompletions, draft, parsed, slot, headers).await
+}
+
+pub async fn completions(
+    State(app): ProxyState,
+    Extension(draft): Extension<Arc<Draft>>,
+    Extension(parsed): Extension<ParsedRequest>,
+    Extension(slot): Extension<ReservationSlot>,
+    headers: HeaderMap,
+) -> Response {
+    proxy(app, Api::Completions, draft, parsed, slot, headers).await
+}
+
+pub async fn embeddings(
+    State(app): ProxyState,
+    Extension(draft): Extension<Arc<Draft>>,
+    Extension(parsed): Extension<ParsedRequest>,
+    Extension(slot): Extension<ReservationSlot>,
+    headers: HeaderMap,
+) -> Response {
+    proxy(app, Api::Embeddings, draft, parsed, slot, headers).await
+}
+
+pub async fn messages(
+    State(app): ProxyState,
+    Extension(draft): Extension<Arc<Draft>>,
+    Extension(parsed): Extension<ParsedRequest>,
+    Extension(slot): Extension<ReservationSlot>,
+    headers: HeaderMap,
+) -> Response {
+    proxy(app, Api::Messages, draft, parsed, slot, headers).await
+}
+
+/// `GET /v1/models`: every upstream's models, once each.
+pub async fn models(State(app): ProxyState) -> Response {
+    let mut names: Vec<String> = Vec::new();
+    for upstream in app.upstreams.iter() {
+        for name in upstream.models().await {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let body = crate::upstream::mock::models(&names).to_string();
+    ([(CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn proxy(
+    app: Arc<App>,
+    api: Api,
+    draft: Arc<Draft>,
+    parsed: ParsedRequest,
+    slot: ReservationSlot,
+    headers: HeaderMap,
+) -> Response {
+    let flavor = if api == Api::Messages { Flavor::Anthropic } else { Flavor::OpenAi };
+    let Some(upstream) = app.upstreams.route(&parsed.model).cloned() else {
+        return ApiError::new(
+            ErrorKind::NotFound,
+            format!("the model `{}` does not exist or you do not have access to it", parsed.model),
+        )
+        .with_param("model")
+        .into_response_for(flavor);
+    };
+    if !upstream.speaks(api) {
+        let hint = if api == Api::Messages {
+            "an OpenAI route such as /v1/chat/completions"
+        } else {
+            "/v1/messages"
+        };
+        return ApiError::new(
+            ErrorKind::InvalidRequest,
+            format!(
+                "the model `{}` is served by an upstream that does not speak this API; call {hint}",
+                parsed.model
+            ),
+        )
+        .with_param("model")
+        .into_response_for(flavor);
+    }
+    draft.update(|fields| fields.upstream = Some(upstream.name.clone()));
+    let permits = if parsed.stream {
+        match admit_stream(&app, &draft) {
+            Ok(permits) => Some(permits),
+            Err(error) => return error.into_response_for(flavor),
+        }
+    } else {
+        None
+    };
+    let sent = Instant::now();
+    let deadline = tokio::time::Instant::now() + upstream.response_timeout;
+    let mut response = match upstream.send(api, &parsed, &headers).await {
+        Ok(response) => response,
+        Err(error) => return error.into_response_for(flavor),
+    };
+    upstream.latency.observe(sent.elapsed().as_secs_f64());
+    let is_event_stream = response
+        .content_type
+        .as_ref()
+        .is_some_and(|value| value.as_bytes().starts_with(b"text/event-stream"));
+    if let (Some(permits), true, true) = (permits, response.status.is_success(), is_event_stream) {
+        return stream(app, draft, slot, upstream, response.body, sent, deadline, permits, flavor);
+    }
+    let body =
+        match tokio::time::timeout_at(deadline, response.body.read_all(upstream.response_bytes_max)).await {
+            Ok(Ok(body)) => body,
+            Ok(Err(error)) => return error.into_response_for(flavor),
+            Err(_) => {
+                return ApiError::new(ErrorKind::UpstreamTimeout, "the upstream's response took too long")
+                    .into_response_for(flavor);
+            }
+        };
+    let mut analyzer = ResponseAnalyzer::default();
+    if response.status.is_success() {
+        analyzer.feed_json(&body);
+    }
+    let upstream_latency_us = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
+    settle(&app, &slot, &analyzer);
+    draft.update(|fields| {
+        fields.upstream_latency_us = upstream_latency_us;
+        fields.usage = analyzer.usage();
+        if response.status.is_success() && api != Api::Embeddings {
+            fields.analysis = Some(analyzer.analysis());
+        }
+    });
+    let content_type = response.content_type.unwrap_or(HeaderValue::from_static("application/json"));
+    let mut reply = Response::new(Body::from(body));
+    *reply.status_mut() = response.status;
+    reply.headers_mut().insert(CONTENT_TYPE, content_type);
+    reply
+}
+
+/// Takes a stream permit of the gateway and of the tenant, or refuses with 429.
+fn admit_stream(app: &App, draft: &Draft) -> Result<[OwnedSemaphorePermit; 2], ApiError> {
+    let tenant =
+        draft.update(|fields| fields.credential.as_ref().map(|credential| credential.tenant.clone()));
+    let Some(tenant) = tenant else {
+        return Err(ApiError::new(ErrorKind::Internal, "stream admission before authentication"));
+    };
+    let gateway = app.streams.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            ErrorKind::TooManyStreams,
+            "this gateway has as many streams open as it allows; retry shortly",
+        )
+    })?;
+    let tenant_permit = tenant.streams.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            ErrorKind::TooManyStreams,
+            format!(
+                "your organization has {} streams open, its limit; retry when one finishes",
+                tenant.streams_max
+            ),
+        )
+    })?;
+    Ok([gateway, tenant_permit])
+}
+
+/// Settles the token reservation with the upstream's reported usage; without a report the
+/// estimate stays charged.
+fn settle(app: &App, slot: &ReservationSlot, analyzer: &ResponseAnalyzer) {
+    if let Some(total_tokens) = analyzer.total_tokens() {
+        slot.settle(app, total_tokens);
+    }
+}
+
+/// Starts the stream task and answers with the stream it feeds.
+#[allow(clippy::too_many_arguments)]
+fn stream(
+    app: Arc<App>,
+    draft: Arc<Draft>,
+    slot: ReservationSlot,
+    upstream: Arc<Upstream>,
+    body: ResponseBody,
+    sent: Instant,
+    deadline: tokio::time::Instant,
+    permits: [OwnedSemaphorePermit; 2],
+    flavor: Flavor,
+) -> Response {
+    // One chunk in flight: back-pressure from a slow client reaches the upstream at once.
+    let (sender, receiver) = mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+    app.metrics.streams_open.inc();
+    let task =
+        StreamTask { app: app.clone(), draft, slot, upstream, sent, deadline, flavor, sender, permits };
+    app.spawn_stream(task.run(body));
+    let mut response = Response::new(Body::from_stream(ReceiverStream::new(receiver)));
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response.extensions_mut().insert(StreamAudited);
+    *response.status_mut() = StatusCode::OK;
+    response
+}
+
+/// Relays one stream and records it.
+struct StreamTask {
+    app: Arc<App>,
+    draft: Arc<Draft>,
+    slot: ReservationSlot,
+    upstream: Arc<Upstream>,
+    sent: Instant,
+    deadline: tokio::time::Instant,
+    flavor: Flavor,
+    sender: mpsc::Sender<Result<Bytes, std::io::Error>>,
+    /// Held until the stream ends: the gateway's and the tenant's stream slots.
+    permits: [OwnedSemaphorePermit; 2],
+}
+
+impl StreamTask {
+    async fn run(self, mut body: ResponseBody) {
+        let mut hasher = Sha256::new();
+        let mut response_bytes = 0u64;
+        let mut analyzer = ResponseAnalyzer::default();
+        // In `durable` and `strict` mode the stream's terminal event waits for the record.
+        let gated = self.draft.audit_mode() != AuditModeConfig::Async;
+        let mut held: Vec<Bytes> = Vec::new();
+        let mut status = StatusCode::OK.as_u16();
+        let mut failure: Option<ApiError> = None;
+        let mut first_chunk = true;
+        let keepalive = self.app.stream_keepalive;
+        loop {
+            let next = if first_chunk {
+                tokio::select! {
+                    next = tokio::time::timeout_at(self.deadline, body.next_chunk()) => next,
+                    () = tokio::time::sleep(keepalive) => {
+                        hasher.update(PING);
+                        response_bytes += PING.len() as u64;
+                        if self.sender.send(Ok(Bytes::from_static(PING))).await.is_err() {
+                            status = STATUS_CLIENT_CLOSED;
+                            break;
+                        }
+                        continue;
+                    }
+                }
+            } else {
+                tokio::time::timeout_at(self.deadline, body.next_chunk()).await
+            };
+            let chunk = match next {
+                Ok(Some(Ok(chunk))) => chunk,
+                Ok(None) => break,
+                Ok(Some(Err(error))) => {
+                    failure = Some(error);
+                    break;
+                }
+                Err(_) => {
+                    failure = Some(ApiError::new(
+                        ErrorKind::UpstreamTimeout,
+                        "the upstream's stream took too long",
+                    ));
+                    break;
+                }
+            };
+            first_chunk = false;
+            analyzer.feed_sse(&chunk);
+            hasher.update(&chunk);
+            response_bytes += chunk.len() as u64;
+            if gated && is_terminal(&chunk, self.flavor) {
+                held.push(chunk);
+                continue;
+            }
+            if self.sender.send(Ok(chunk)).await.is_err() {
+                // The client went away: dropping the upstream body cancels the upstream request.
+                status = STATUS_CLIENT_CLOSED;
+                break;
+            }
+        }
+        drop(body);
+        if let Some(error) = &failure {
+            tracing::warn!(upstream = %self.upstream.name, %error, "the upstream stream failed");
+            let event = error.sse_event(self.flavor);
+            hasher.update(&event);
+            response_bytes += event.len() as u64;
+            held.push(event);
+        }
+        let upstream_latency_us = u64::try_from(self.sent.elapsed().as_micros()).unwrap_or(u64::MAX);
+        settle(&self.app, &self.slot, &analyzer);
+        self.draft.update(|fields| {
+            fields.upstream_latency_us = upstream_latency_us;
+            fields.usage = analyzer.usage();
+            fields.analysis = Some(analyzer.analysis());
+        });
+        let response_sha256: [u8; 32] = hasher.finalize().into();
+        let wait = self.draft.finish(&Outcome {
+            status,
+            refusal: failure.as_ref().map(|error| error.kind),
+            response_sha256: &response_sha256,
+            response_bytes,
+        });
+        if let Some(delivered) = wait {
+            let outcome = tokio::time::timeout(self.app.strict_timeout, delivered).await;
+            if !matches!(outcome, Ok(Ok(Ok(())))) {
+                held = vec![
+                    ApiError::new(
+                        ErrorKind::AuditUnavailable,
+                        "the audit record of this stream could not be made durable in time; its end is withheld",
+                    )
+                    .sse_event(self.flavor),
+                ];
+            }
+        }
+        for chunk in held {
+            if self.sender.send(Ok(chunk)).await.is_err() {
+                break;
+            }
+        }
+        self.app.metrics.streams_open.dec();
+        drop(self.permits);
+    }
+}
+
+/// Whether a chunk holds the event that ends a stream: `data: [DONE]` (OpenAI) or
+/// `message_stop` (Anthropic).
+fn is_terminal(chunk: &[u8], flavor: Flavor) -> bool {
+    let marker: &[u8] = match flavor {
+        Flavor::OpenAi => b"data: [DONE]",
+        Flavor::Anthropic => b"event: message_stop",
+    };
+    chunk.windows(marker.len()).any(|window| window == marker)
+}

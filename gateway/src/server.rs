@@ -1,0 +1,147 @@
+//! The HTTP server: accepts connections (TCP_NODELAY, a bounded number at once), serves the
+//! governed API plus `/healthz`, `/readyz` and `/metrics`, and shuts down gracefully: stop
+//! accepting, let in-flight requests and streams finish within `drain_timeout_ms`, cancel the
+//! rest (their audit records are still written), then flush the audit sender to the ledger or
+//! the spool.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::extract::State;
+use axum::response::{IntoResponse as _, Response};
+use axum::routing::get;
+use http::StatusCode;
+use http::header::CONTENT_TYPE;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::app::App;
+use crate::audit::sender;
+use crate::config::Config;
+use crate::metrics::{METRICS_CONTENT_TYPE, Metrics};
+use crate::pipeline::governed_router;
+
+/// Longest a client may take to send a request's headers (slowloris protection).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// State of the operational endpoints.
+#[derive(Clone, Debug)]
+struct Ops {
+    app: Arc<App>,
+    draining: Arc<AtomicBool>,
+}
+
+/// Binds `config.listen` and serves until `shutdown` completes.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    serve(config, listener, shutdown).await
+}
+
+/// Serves on an already bound listener (tests bind port 0) until `shutdown` completes.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
+    let (audit, sender_tasks) =
+        sender::start(&config.audit, metrics.clone()).context("cannot start the audit sender")?;
+    let app = Arc::new(App::new(&config, audit, metrics)?);
+    let draining = Arc::new(AtomicBool::new(false));
+    let router = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .with_state(Ops { app: app.clone(), draining: draining.clone() })
+        .fallback_service(governed_router(app.clone()));
+    let address = listener.local_addr().ok();
+    tracing::info!(address = ?address, gateway_id = %config.gateway_id, "gateway listening");
+
+    let connection_slots = Arc::new(Semaphore::new(config.limits.connections_max));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(config.limits.header_bytes_max.max(8192) + 8192)
+        .keep_alive(true);
+    let mut connections = JoinSet::new();
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            slot = connection_slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(%error, "accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, %peer, "cannot set TCP_NODELAY");
+        }
+        let service = TowerToHyperService::new(router.clone());
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        connections.spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, %peer, "connection ended with an error");
+            }
+            drop(slot);
+        });
+        while connections.try_join_next().is_some() {}
+    }
+
+    tracing::info!("shutting down: draining in-flight requests");
+    draining.store(true, Ordering::Relaxed);
+    drop(listener);
+    let drain_timeout = Duration::from_millis(config.shutdown.drain_timeout_ms);
+    let drained = tokio::time::timeout(drain_timeout, async {
+        graceful.shutdown().await;
+        app.wait_for_streams().await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(?drain_timeout, "requests still running after the drain timeout are cancelled");
+    }
+    connections.abort_all();
+    while connections.join_next().await.is_some() {}
+    app.abort_streams().await;
+    drop(router);
+    drop(app);
+    sender_tasks.shutdown(Duration::from_millis(config.shutdown.audit_flush_timeout_ms)).await;
+    tracing::info!("gateway stopped");
+    Ok(())
+}
+
+/// Ready unless draining or the audit spool is above its high-water mark.
+async fn readyz(State(ops): State<Ops>) -> Response {
+    if ops.draining.load(Ordering::Relaxed) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
+    }
+    if !ops.app.audit.healthy() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "audit spool above its high-water mark\n").into_response();
+    }
+    (StatusCode::OK, "ready\n").into_response()
+}
+
+async fn metrics_text(State(ops): State<Ops>) -> Response {
+    let metrics: &Metrics = &ops.app.metrics;
+    metrics.audit_queue_depth.set(ops.app.audit.queue_depth() as u64);
+    ([(CONTENT_TYPE, METRICS_CONTENT_TYPE)], metrics.encode()).into_response()
+}
