@@ -17,7 +17,7 @@ const CHAT: &str = r#"{"model":"mock-1","messages":[{"role":"user","content":"he
 const CHAT_STREAM: &str = r#"{"model":"mock-1","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hello"}]}"#;
 
 /// Checks the ledger's proof of `record_id` against its checkpoint and returns the record.
-async fn proven_record(ledger: &LedgerCluster, record_id: &str) -> v1::AuditRecord {
+pub(crate) async fn proven_record(ledger: &LedgerCluster, record_id: &str) -> v1::AuditRecord {
     let proof = ledger.proof(record_id).await;
     let note = proof.checkpoint.as_ref().expect("the proof comes with its checkpoint");
     let note = SignedNote::parse(note.note.as_bytes(), &NoteLimits::default()).expect("signed note");

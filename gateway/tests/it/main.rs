@@ -1,6 +1,7 @@
 //! The gateway's integration tests: one binary (see STYLE.md).
 
 mod gateway;
+mod sdk;
 mod spool;
 mod spool_model;
 mod support;

@@ -234,7 +234,7 @@ stream_keepalive_ms = 100
 [[upstreams]]
 name = "mock"
 kind = "mock"
-models = ["mock-*", "claude-mock"]
+models = ["mock-1", "mock-*", "claude-mock"]
 [upstreams.mock]
 chunk_count = 6
 {mock}
