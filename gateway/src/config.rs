@@ -598,3 +598,45 @@ fn default_strict_timeout_ms() -> u64 {
 fn default_record_bytes_max() -> u32 {
     16 * 1024
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_configuration_is_valid_and_lists_the_defaults() {
+        let config = Config::from_toml(include_str!("../gateway.example.toml"), "gateway.example.toml")
+            .expect("the example parses");
+        config.validate().expect("the example is valid");
+        let defaults = LimitsConfig::default();
+        assert_eq!(config.limits.body_bytes_max, defaults.body_bytes_max);
+        assert_eq!(config.limits.connections_max, defaults.connections_max);
+        assert_eq!(config.audit.batch_bytes_max, default_batch_bytes_max());
+        assert_eq!(config.audit.queue_records_max, default_queue_records_max());
+    }
+
+    #[test]
+    fn invalid_configurations_are_refused_with_the_setting_named() {
+        let example = include_str!("../gateway.example.toml");
+        for (from, to, expected) in [
+            ("tenant = \"acme\"\n", "tenant = \"nobody\"\n", "not configured"),
+            ("key_sha256 = \"4d08", "key_sha256 = \"XX08", "64 lowercase hex"),
+            ("json_depth_max = 64", "json_depth_max = 0", "limits.json_depth_max"),
+            ("base_url = \"http", "base_url = \"http", ""),
+            (
+                "ledger_endpoints = [\"http://127.0.0.1:7410\"",
+                "ledger_endpoints = [\"https://x:1\"",
+                "must start with http://",
+            ),
+        ] {
+            let text = example.replacen(from, to, 1);
+            let config = Config::from_toml(&text, "test").expect("parses");
+            match config.validate() {
+                Ok(()) => assert!(expected.is_empty(), "{to} was accepted"),
+                Err(error) => assert!(error.to_string().contains(expected), "{to}: {error}"),
+            }
+        }
+        assert!(parse_key_hash(&"ab".repeat(32)).is_some());
+        assert!(parse_key_hash(&"AB".repeat(32)).is_none());
+    }
+}
