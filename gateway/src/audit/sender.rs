@@ -53,6 +53,9 @@ pub struct AuditSender {
 pub struct SenderTasks {
     batcher: tokio::task::JoinHandle<()>,
     replayer: tokio::task::JoinHandle<()>,
+    /// The spool thread: it ends, closing the spool (and releasing its lock), once the batcher
+    /// and the replayer are gone.
+    spool_thread: std::thread::JoinHandle<()>,
     shared: Arc<Shared>,
 }
 
@@ -164,12 +167,12 @@ pub fn start(config: &AuditConfig, metrics: Metrics) -> Result<(AuditSender, Sen
         metrics,
     });
     let high_water_bytes = config.spool_bytes_max / 100 * u64::from(config.spool_high_water_percent);
-    let spool =
+    let (spool, spool_thread) =
         start_spool_thread(spool, config.spool_dir.join("rejected"), high_water_bytes, shared.clone())?;
     let batcher =
         tokio::spawn(run_batcher(receiver, shared.clone(), ledger.clone(), spool.clone(), config.clone()));
     let replayer = tokio::spawn(run_replayer(shared.clone(), ledger, spool, config.clone()));
-    Ok((AuditSender { shared: shared.clone() }, SenderTasks { batcher, replayer, shared }))
+    Ok((AuditSender { shared: shared.clone() }, SenderTasks { batcher, replayer, spool_thread, shared }))
 }
 
 impl AuditSender {
@@ -226,17 +229,27 @@ impl AuditSender {
 }
 
 impl SenderTasks {
-    /// Flushes the sender after every [`AuditSender`] was dropped: the batcher sends what it
-    /// holds (or spools it) and stops; the replayer is stopped (the spool keeps its records for
+    /// Flushes the sender once no request can submit records any more (the server has finished
+    /// or cancelled them all): the batcher sends what it holds (or spools it) and stops; the replayer is stopped (the spool keeps its records for
     /// the next start). Gives up waiting after `timeout`; records still in flight then are in
     /// the spool or were acknowledged, except for a write cut short by the timeout itself.
     pub async fn shutdown(self, timeout: Duration) {
-        self.shared.shutting_down.store(true, Ordering::Relaxed);
+        self.shared.shutting_down.store(true, Ordering::Release);
         self.shared.overflow_added.notify_one();
-        if tokio::time::timeout(timeout, self.batcher).await.is_err() {
+        let flushed = tokio::time::timeout(timeout, self.batcher).await.is_ok();
+        if !flushed {
             tracing::error!(?timeout, "the audit sender did not flush in time");
         }
         self.replayer.abort();
+        let _ = self.replayer.await;
+        // The spool thread ends once the batcher and the replayer dropped their handles; a
+        // batcher still stuck past the timeout keeps it open, so only then is it not waited for.
+        if flushed {
+            let spool_thread = self.spool_thread;
+            if tokio::task::spawn_blocking(move || spool_thread.join()).await.is_err() {
+                tracing::error!("the audit spool thread panicked");
+            }
+        }
         let stranded = self.shared.stranded.lock().len();
         if stranded > 0 {
             self.shared.metrics.audit_records_dropped_total.inc_by(stranded as u64);
@@ -295,12 +308,15 @@ async fn run_batcher(
     while in_flight.join_next().await.is_some() {}
 }
 
-/// The next item: from the overflow first, else the queue. `None` once the queue is closed and
-/// everything is drained.
+/// The next item: from the overflow first, else the queue. At shutdown (when no request is
+/// left to submit more), `None` once both are empty.
 async fn next_item(receiver: &mut mpsc::Receiver<Item>, shared: &Shared) -> Option<Item> {
     loop {
         if let Some(item) = shared.overflow.lock().pop_front() {
             return Some(item);
+        }
+        if shared.shutting_down.load(Ordering::Acquire) {
+            return receiver.try_recv().ok();
         }
         tokio::select! {
             item = receiver.recv() => return item,
@@ -523,7 +539,7 @@ fn start_spool_thread(
     dead_letter_dir: PathBuf,
     high_water_bytes: u64,
     shared: Arc<Shared>,
-) -> std::io::Result<SpoolHandle> {
+) -> std::io::Result<(SpoolHandle, std::thread::JoinHandle<()>)> {
     let (commands, receiver) = std::sync::mpsc::channel::<SpoolCommand>();
     let publish = move |spool: &Spool, shared: &Shared| {
         shared.metrics.audit_spool_bytes.set(i64::try_from(spool.pending_bytes()).unwrap_or(i64::MAX));
@@ -531,7 +547,7 @@ fn start_spool_thread(
         shared.spool_high.store(spool.pending_bytes() >= high_water_bytes, Ordering::Relaxed);
     };
     publish(&spool, &shared);
-    std::thread::Builder::new().name("aegis-audit-spool".into()).spawn(move || {
+    let thread = std::thread::Builder::new().name("aegis-audit-spool".into()).spawn(move || {
         while let Ok(command) = receiver.recv() {
             match command {
                 SpoolCommand::Append(records, reply) => {
@@ -558,7 +574,7 @@ fn start_spool_thread(
             publish(&spool, &shared);
         }
     })?;
-    Ok(SpoolHandle { commands })
+    Ok((SpoolHandle { commands }, thread))
 }
 
 /// Writes records, each as a 4-byte little-endian length and its bytes, to a new file.

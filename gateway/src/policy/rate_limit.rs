@@ -153,7 +153,7 @@ pub struct Reservation {
 ///
 /// ```
 /// use std::time::Duration;
-/// use helper_ratelimit::format_reset;
+/// use gateway::policy::rate_limit::format_reset;
 ///
 /// assert_eq!(format_reset(Duration::ZERO), "0s");
 /// assert_eq!(format_reset(Duration::from_nanos(1)), "1ms");

@@ -33,7 +33,7 @@ pub(crate) async fn proven_record(ledger: &LedgerCluster, record_id: &str) -> v1
 async fn requests_allowed_and_refused_each_land_in_the_ledger_with_a_verifying_proof() {
     let ledger = LedgerCluster::start().await;
     let spool = tempfile::tempdir().expect("spool dir");
-    let gateway = Gateway::start(config(&ledger.endpoints(), spool.path(), "")).await;
+    let gateway = Gateway::start(config(&ledger.endpoints(), spool.path())).await;
     let url = gateway.url("/v1/chat/completions");
 
     // Allowed, plain JSON.
@@ -140,9 +140,9 @@ async fn requests_allowed_and_refused_each_land_in_the_ledger_with_a_verifying_p
 async fn streams_pass_through_and_their_record_hashes_what_the_client_received() {
     let ledger = LedgerCluster::start().await;
     let spool = tempfile::tempdir().expect("spool dir");
-    let gateway =
-        Gateway::start(config(&ledger.endpoints(), spool.path(), "##mock##first_token_latency_ms = 350"))
-            .await;
+    let mut config = config(&ledger.endpoints(), spool.path());
+    config.upstreams[0].mock.first_token_latency_ms = 350;
+    let gateway = Gateway::start(config).await;
     let reply = post(&gateway.url("/v1/chat/completions"), Some(KEY_ALPHA), CHAT_STREAM).await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.headers["content-type"], "text/event-stream");
@@ -181,7 +181,7 @@ async fn streams_pass_through_and_their_record_hashes_what_the_client_received()
 async fn rate_limits_answer_429_with_openai_headers() {
     let ledger = LedgerCluster::start().await;
     let spool = tempfile::tempdir().expect("spool dir");
-    let gateway = Gateway::start(config(&ledger.endpoints(), spool.path(), "")).await;
+    let gateway = Gateway::start(config(&ledger.endpoints(), spool.path())).await;
     let url = gateway.url("/v1/chat/completions");
     let first = post(&url, Some(KEY_LIMITED), CHAT).await;
     assert_eq!(first.status, 200);
@@ -207,7 +207,7 @@ async fn rate_limits_answer_429_with_openai_headers() {
 async fn records_written_while_the_ledger_is_down_arrive_exactly_once_after_it_returns() {
     let mut ledger = LedgerCluster::start().await;
     let spool = tempfile::tempdir().expect("spool dir");
-    let gateway = Gateway::start(config(&ledger.endpoints(), spool.path(), "")).await;
+    let gateway = Gateway::start(config(&ledger.endpoints(), spool.path())).await;
     let url = gateway.url("/v1/chat/completions");
     let before = post(&url, Some(KEY_ALPHA), CHAT).await.record_id();
     proven_record(&ledger, &before).await;

@@ -1,5 +1,6 @@
 //! The gateway's integration tests: one binary (see STYLE.md).
 
+mod delivery;
 mod gateway;
 mod sdk;
 mod spool;

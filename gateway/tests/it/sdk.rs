@@ -14,7 +14,7 @@ async fn the_openai_python_sdk_works_through_the_gateway_and_every_request_is_pr
     }
     let ledger = LedgerCluster::start().await;
     let spool = tempfile::tempdir().expect("spool dir");
-    let gateway = Gateway::start(config(&ledger.endpoints(), spool.path(), "")).await;
+    let gateway = Gateway::start(config(&ledger.endpoints(), spool.path())).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/openai_sdk.py");
     let url = gateway.url("/v1");
     let output = tokio::task::spawn_blocking(move || {
