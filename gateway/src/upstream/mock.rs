@@ -6,7 +6,15 @@
 use std::collections::VecDeque;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::{IntoResponse as _, Response};
+use axum::routing::{get, post};
 use bytes::Bytes;
+use http::header::CONTENT_TYPE;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
@@ -232,4 +240,67 @@ fn embedding_inputs(body: &[u8]) -> usize {
         }
         _ => 1,
     }
+}
+
+/// The mock as an HTTP server's routes (`/v1/chat/completions`, `/v1/completions`,
+/// `/v1/embeddings`, `/v1/messages`, `/v1/models`), as `aegis-mock-upstream` serves them.
+pub fn router(config: Arc<MockConfig>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(|state, body| answer(state, Api::ChatCompletions, body)))
+        .route("/v1/completions", post(|state, body| answer(state, Api::Completions, body)))
+        .route("/v1/embeddings", post(|state, body| answer(state, Api::Embeddings, body)))
+        .route("/v1/messages", post(|state, body| answer(state, Api::Messages, body)))
+        .route(
+            "/v1/models",
+            get(|| async { ([(CONTENT_TYPE, "application/json")], models(&["mock-1"]).to_string()) }),
+        )
+        .with_state(config)
+}
+
+async fn answer(State(config): State<Arc<MockConfig>>, api: Api, body: Bytes) -> Response {
+    let request = match crate::policy::limits::parse_request(body, 128, 100_000) {
+        Ok(request) => request,
+        Err(error) => return error.into_response(),
+    };
+    let mut response = respond(&config, api, &request);
+    let content_type = response.content_type;
+    if !request.stream || api == Api::Embeddings {
+        if !response.first_delay.is_zero() {
+            tokio::time::sleep(response.first_delay).await;
+        }
+        let Some(body) = response.chunks.pop_front() else {
+            return crate::error::ApiError::new(
+                crate::error::ErrorKind::Internal,
+                "the mock made no response",
+            )
+            .into_response();
+        };
+        return ([(CONTENT_TYPE, content_type)], body).into_response();
+    }
+    let (first_delay, interval) = (response.first_delay, response.interval);
+    let chunks = response.chunks;
+    let stream = timed_stream(chunks, first_delay, interval);
+    ([(CONTENT_TYPE, content_type)], Body::from_stream(stream)).into_response()
+}
+
+/// The chunks as a stream, with the mock's delays.
+fn timed_stream(
+    chunks: VecDeque<Bytes>,
+    first_delay: std::time::Duration,
+    interval: std::time::Duration,
+) -> tokio_stream::wrappers::ReceiverStream<Result<Bytes, std::io::Error>> {
+    let (sender, receiver) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        let mut delay = first_delay;
+        for chunk in chunks {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            delay = interval;
+            if sender.send(Ok(chunk)).await.is_err() {
+                return;
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(receiver)
 }

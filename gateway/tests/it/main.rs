@@ -6,3 +6,4 @@ mod sdk;
 mod spool;
 mod spool_model;
 mod support;
+mod upstreams;
