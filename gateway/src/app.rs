@@ -63,7 +63,7 @@ impl App {
             limits: config.limits.clone(),
             auth: Authenticator::new(config),
             limiter,
-            upstreams: Upstreams::new(config, &metrics),
+            upstreams: Upstreams::new(config, &metrics)?,
             streams: Arc::new(Semaphore::new(config.limits.streams_max)),
             audit,
             ledger,

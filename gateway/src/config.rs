@@ -74,6 +74,10 @@ pub struct UpstreamConfig {
     /// `http://127.0.0.1:11434/v1`. Required unless `kind = "mock"`.
     #[serde(default)]
     pub base_url: Option<String>,
+    /// PEM file of the certificate authorities to trust for an `https` base URL, instead of
+    /// the bundled Mozilla roots (for providers behind a private CA).
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
     /// Name of the environment variable holding the provider's API key, sent as
     /// `Authorization: Bearer` (OpenAI) or `x-api-key` (Anthropic). Never in the file.
     #[serde(default)]
@@ -375,10 +379,9 @@ impl Config {
                 let Some(base_url) = &upstream.base_url else {
                     return invalid(format!("upstream {:?} needs a base_url", upstream.name));
                 };
-                if !base_url.starts_with("http://") {
+                if !base_url.starts_with("http://") && !base_url.starts_with("https://") {
                     return invalid(format!(
-                        "upstream {:?}: base_url {base_url:?} must start with http:// (https upstreams \
-                         go through a TLS-terminating sidecar for now)",
+                        "upstream {:?}: base_url {base_url:?} must start with http:// or https://",
                         upstream.name
                     ));
                 }

@@ -1,18 +1,23 @@
-//! An upstream reached over HTTP/1.1: OpenAI-compatible APIs and Anthropic. Pooled keep-alive
-//! connections with TCP_NODELAY, a connect timeout, retries only when connecting failed (a
+//! An upstream reached over HTTP/1.1, in clear or over TLS (rustls; Mozilla's roots or a
+//! configured CA file): OpenAI-compatible APIs and Anthropic. Pooled keep-alive connections
+//! with TCP_NODELAY, a connect timeout, retries only when connecting failed (a
 //! request that reached the upstream is never sent twice), and a deadline for the response
 //! headers. The request body is forwarded as received, re-framed by hyper with its own
 //! `Content-Length`; client framing and hop-by-hop headers never pass through.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt as _, Full};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject as _;
 
 use super::{Api, ResponseBody, UpstreamResponse};
 use crate::config::{UpstreamConfig, UpstreamKind};
@@ -28,7 +33,7 @@ const ANTHROPIC_PASSTHROUGH: [&str; 2] = ["anthropic-version", "anthropic-beta"]
 /// A pooled HTTP client for one upstream.
 #[derive(Debug)]
 pub struct HttpUpstream {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     kind: UpstreamKind,
     /// `base_url` without a trailing slash, e.g. `http://127.0.0.1:8000/v1`.
     base_url: String,
@@ -39,11 +44,18 @@ pub struct HttpUpstream {
 }
 
 impl HttpUpstream {
-    pub fn new(config: &UpstreamConfig) -> Self {
+    /// Prepares the client; fails only when the configured CA file cannot be used.
+    pub fn new(config: &UpstreamConfig) -> anyhow::Result<Self> {
         let mut connector = HttpConnector::new();
+        connector.enforce_http(false);
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_millis(config.connect_timeout_ms)));
         connector.set_keepalive(Some(Duration::from_secs(30)));
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(tls_config(config)?)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(config.pool_idle_max)
             .pool_idle_timeout(Duration::from_secs(60))
@@ -64,14 +76,14 @@ impl HttpUpstream {
                 (AUTHORIZATION, value)
             }),
         });
-        Self {
+        Ok(Self {
             client,
             kind: config.kind,
             base_url: config.base_url.clone().unwrap_or_default().trim_end_matches('/').to_owned(),
             credential,
             first_byte_timeout: Duration::from_millis(config.first_byte_timeout_ms),
             connect_retries: config.connect_retries,
-        }
+        })
     }
 
     /// Sends `request` to the upstream's endpoint for `api` and waits for the response headers.
@@ -191,4 +203,43 @@ impl HttpUpstream {
         let list: List = serde_json::from_slice(&body).map_err(|error| unavailable(error.to_string()))?;
         Ok(list.data.into_iter().map(|model| model.id).collect())
     }
+}
+
+/// TLS settings for an upstream: TLS 1.2 and 1.3 with ring, trusting the configured CA file or
+/// the bundled Mozilla roots.
+fn tls_config(config: &UpstreamConfig) -> anyhow::Result<rustls::ClientConfig> {
+    use anyhow::Context as _;
+
+    let mut roots = rustls::RootCertStore::empty();
+    match &config.tls_ca_file {
+        Some(path) => {
+            let certificates = CertificateDer::pem_file_iter(path).with_context(|| {
+                format!("upstream {:?}: cannot read tls_ca_file {}", config.name, path.display())
+            })?;
+            for certificate in certificates {
+                let certificate = certificate.with_context(|| {
+                    format!("upstream {:?}: {} is not PEM certificates", config.name, path.display())
+                })?;
+                roots.add(certificate).with_context(|| {
+                    format!(
+                        "upstream {:?}: a certificate in {} is not a usable CA",
+                        config.name,
+                        path.display()
+                    )
+                })?;
+            }
+            anyhow::ensure!(
+                !roots.is_empty(),
+                "upstream {:?}: {} holds no certificate",
+                config.name,
+                path.display()
+            );
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .context("the TLS provider supports no protocol version")?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }

@@ -70,10 +70,14 @@ pub enum ResponseBody {
 }
 
 impl Upstreams {
-    pub fn new(config: &Config, metrics: &Metrics) -> Self {
-        let upstreams =
-            config.upstreams.iter().map(|upstream| Arc::new(Upstream::new(upstream, metrics))).collect();
-        Self { upstreams }
+    /// Prepares every upstream; fails when one's TLS settings cannot be used.
+    pub fn new(config: &Config, metrics: &Metrics) -> anyhow::Result<Self> {
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(|upstream| Upstream::new(upstream, metrics).map(Arc::new))
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Self { upstreams })
     }
 
     /// The first upstream whose model patterns match `model`.
@@ -87,14 +91,14 @@ impl Upstreams {
 }
 
 impl Upstream {
-    fn new(config: &UpstreamConfig, metrics: &Metrics) -> Self {
+    fn new(config: &UpstreamConfig, metrics: &Metrics) -> anyhow::Result<Self> {
         let backend = match config.kind {
             UpstreamKind::Mock => Backend::Mock(config.mock.clone()),
             UpstreamKind::Openai | UpstreamKind::Anthropic => {
-                Backend::Http(Box::new(http::HttpUpstream::new(config)))
+                Backend::Http(Box::new(http::HttpUpstream::new(config)?))
             }
         };
-        Self {
+        Ok(Self {
             name: Arc::from(config.name.as_str()),
             kind: config.kind,
             patterns: config.models.clone(),
@@ -102,7 +106,7 @@ impl Upstream {
             latency: metrics.upstream_histogram(&config.name),
             response_timeout: Duration::from_millis(config.response_timeout_ms),
             response_bytes_max: config.response_bytes_max,
-        }
+        })
     }
 
     /// Whether a model pattern of this upstream matches `model`: exact, `prefix*`, or `*`.

@@ -42,6 +42,38 @@ async fn dying_server() -> SocketAddr {
     address
 }
 
+/// Serves the mock provider over TLS with a fresh self-signed certificate for `localhost`;
+/// returns its address and the certificate in PEM.
+async fn tls_mock_server() -> (SocketAddr, String) {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
+    let certificate_pem = certified.cert.pem();
+    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
+    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("protocols")
+        .with_no_client_auth()
+        .with_single_cert(vec![certified.cert.der().clone()], key)
+        .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    let router =
+        gateway::upstream::mock::router(Arc::new(MockConfig { chunk_count: 4, ..MockConfig::default() }));
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, router) = (acceptor.clone(), router.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let service = hyper_util::service::TowerToHyperService::new(router);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    (address, certificate_pem)
+}
+
 fn upstream(toml: &str) -> UpstreamConfig {
     toml::from_str(toml).expect("upstream config")
 }
@@ -158,5 +190,39 @@ async fn streams_beyond_the_tenant_limit_are_refused_with_429() {
     assert_eq!(first.await.expect("first stream").status, 200);
     // The slot is free again once the first stream ended.
     assert_eq!(post(&url, Some(KEY_ALPHA), stream).await.status, 200);
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_upstreams_are_verified_against_the_configured_ca() {
+    let (server, certificate_pem) = tls_mock_server().await;
+    let ca = tempfile::NamedTempFile::new().expect("ca file");
+    std::fs::write(ca.path(), certificate_pem).expect("write ca");
+    let port = server.port();
+    let (gateway, _spool) = gateway_with(
+        vec![
+            upstream(&format!(
+                "name = \"private-ca\"\nkind = \"openai\"\nbase_url = \"https://localhost:{port}/v1\"\nmodels = [\"gpt-tls\"]\ntls_ca_file = {:?}",
+                ca.path()
+            )),
+            upstream(&format!(
+                "name = \"public-roots\"\nkind = \"openai\"\nbase_url = \"https://localhost:{port}/v1\"\nmodels = [\"gpt-untrusted\"]"
+            )),
+        ],
+        |_| {},
+    )
+    .await;
+    let url = gateway.url("/v1/chat/completions");
+    let reply =
+        post(&url, Some(KEY_ALPHA), r#"{"model":"gpt-tls","messages":[{"role":"user","content":"hi"}]}"#)
+            .await;
+    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    assert_eq!(reply.json()["usage"]["completion_tokens"], 4);
+    let stream = r#"{"model":"gpt-tls","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let reply = post(&url, Some(KEY_ALPHA), stream).await;
+    assert!(String::from_utf8_lossy(&reply.body).ends_with("data: [DONE]\n\n"));
+    // The same server is not trusted by Mozilla's roots: the gateway refuses to talk to it.
+    let reply = post(&url, Some(KEY_ALPHA), r#"{"model":"gpt-untrusted","messages":[]}"#).await;
+    assert_eq!(reply.status, 502, "{}", String::from_utf8_lossy(&reply.body));
     gateway.stop().await;
 }
