@@ -4,7 +4,7 @@
 //!
 //! `gateway.example.toml` lists every setting with its default.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -43,12 +43,14 @@ pub struct LimitsConfig {
     pub header_bytes_max: usize,
     /// Request body bytes. Larger: 413.
     pub body_bytes_max: usize,
-    /// Body bytes for `/v1/embeddings`, whose inputs are often large batches.
-    pub embeddings_body_bytes_max: usize,
     /// Nesting depth of the JSON body (objects and arrays). Deeper: 400.
     pub json_depth_max: usize,
     /// Messages in one chat or messages request. More: 400.
     pub messages_max: usize,
+    /// Per-route overrides of the three limits above, keyed by route, e.g.
+    /// `[limits.routes."/v1/embeddings"] body_bytes_max = 16777216` (the default: embedding
+    /// requests carry large batches). Setting any route replaces the default table.
+    pub routes: BTreeMap<String, RouteLimits>,
     /// Client connections served at once (each carries one HTTP/1.1 request at a time); beyond
     /// it new connections wait in the kernel's accept queue rather than in memory.
     pub connections_max: usize,
@@ -60,6 +62,27 @@ pub struct LimitsConfig {
     /// clients and proxies do not time the connection out.
     pub stream_keepalive_ms: u64,
 }
+
+/// Overrides of the body limits for one route; absent values fall back to `[limits]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouteLimits {
+    pub body_bytes_max: Option<usize>,
+    pub json_depth_max: Option<usize>,
+    pub messages_max: Option<usize>,
+}
+
+/// The body limits that apply to one route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BodyLimits {
+    pub body_bytes_max: usize,
+    pub json_depth_max: usize,
+    pub messages_max: usize,
+}
+
+/// Routes whose limits can be configured.
+pub const LIMITED_ROUTES: [&str; 4] =
+    ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/messages"];
 
 /// One upstream provider.
 #[derive(Clone, Debug, Deserialize)]
@@ -356,7 +379,6 @@ impl Config {
         for (name, value) in [
             ("limits.header_bytes_max", limits.header_bytes_max),
             ("limits.body_bytes_max", limits.body_bytes_max),
-            ("limits.embeddings_body_bytes_max", limits.embeddings_body_bytes_max),
             ("limits.json_depth_max", limits.json_depth_max),
             ("limits.messages_max", limits.messages_max),
             ("limits.connections_max", limits.connections_max),
@@ -365,6 +387,15 @@ impl Config {
         ] {
             if value == 0 {
                 return invalid(format!("{name} must be at least 1"));
+            }
+        }
+        for (route, overrides) in &limits.routes {
+            if !LIMITED_ROUTES.contains(&route.as_str()) {
+                return invalid(format!("limits.routes: {route:?} is not one of {LIMITED_ROUTES:?}"));
+            }
+            let values = [overrides.body_bytes_max, overrides.json_depth_max, overrides.messages_max];
+            if values.contains(&Some(0)) {
+                return invalid(format!("limits.routes.{route:?}: limits must be at least 1"));
             }
         }
         if self.upstreams.is_empty() {
@@ -475,6 +506,19 @@ impl Config {
     }
 }
 
+impl LimitsConfig {
+    /// The body limits of `route`: its overrides, else the defaults.
+    pub fn for_route(&self, route: &str) -> BodyLimits {
+        let overrides = self.routes.get(route);
+        let pick = |value: Option<usize>, default: usize| value.unwrap_or(default);
+        BodyLimits {
+            body_bytes_max: pick(overrides.and_then(|route| route.body_bytes_max), self.body_bytes_max),
+            json_depth_max: pick(overrides.and_then(|route| route.json_depth_max), self.json_depth_max),
+            messages_max: pick(overrides.and_then(|route| route.messages_max), self.messages_max),
+        }
+    }
+}
+
 impl AuditConfig {
     pub fn linger(&self) -> Duration {
         Duration::from_millis(self.linger_ms)
@@ -503,9 +547,12 @@ impl Default for LimitsConfig {
         Self {
             header_bytes_max: 32 * 1024,
             body_bytes_max: 4 * 1024 * 1024,
-            embeddings_body_bytes_max: 16 * 1024 * 1024,
             json_depth_max: 64,
             messages_max: 2048,
+            routes: BTreeMap::from([(
+                "/v1/embeddings".to_owned(),
+                RouteLimits { body_bytes_max: Some(16 * 1024 * 1024), ..RouteLimits::default() },
+            )]),
             connections_max: 4096,
             streams_max: 2048,
             default_completion_tokens: 1024,
@@ -616,6 +663,9 @@ mod tests {
         assert_eq!(config.limits.connections_max, defaults.connections_max);
         assert_eq!(config.audit.batch_bytes_max, default_batch_bytes_max());
         assert_eq!(config.audit.queue_records_max, default_queue_records_max());
+        assert_eq!(config.limits.routes, defaults.routes);
+        assert_eq!(config.limits.for_route("/v1/embeddings").body_bytes_max, 16 * 1024 * 1024);
+        assert_eq!(config.limits.for_route("/v1/chat/completions").body_bytes_max, defaults.body_bytes_max);
     }
 
     #[test]
@@ -625,6 +675,7 @@ mod tests {
             ("tenant = \"acme\"\n", "tenant = \"nobody\"\n", "not configured"),
             ("key_sha256 = \"4d08", "key_sha256 = \"XX08", "64 lowercase hex"),
             ("json_depth_max = 64", "json_depth_max = 0", "limits.json_depth_max"),
+            ("[limits.routes.\"/v1/embeddings\"]", "[limits.routes.\"/v1/nope\"]", "is not one of"),
             ("base_url = \"http", "base_url = \"http", ""),
             (
                 "ledger_endpoints = [\"http://127.0.0.1:7410\"",

@@ -145,18 +145,14 @@ async fn enforce_limits(State(app): State<Arc<App>>, request: Request, next: Nex
         app.metrics.observe_stage(Stage::Limits, started.elapsed().as_secs_f64());
         return next.run(request).await;
     }
-    let body_bytes_max = if route == "/v1/embeddings" {
-        app.limits.embeddings_body_bytes_max
-    } else {
-        app.limits.body_bytes_max
-    };
+    let limits = app.limits.for_route(route);
     let (mut parts, body) = request.into_parts();
-    let parsed = match limits::read_body(&parts.headers, body, body_bytes_max).await.and_then(|body| {
+    let parsed = match limits::read_body(&parts.headers, body, limits.body_bytes_max).await.and_then(|body| {
         draft.update(|fields| {
             fields.request_sha256 = Sha256::digest(&body).to_vec();
             fields.request_bytes = body.len() as u64;
         });
-        limits::parse_request(body, app.limits.json_depth_max, app.limits.messages_max)
+        limits::parse_request(body, limits.json_depth_max, limits.messages_max)
     }) {
         Ok(parsed) => parsed,
         Err(error) => return error.into_response_for(flavor),

@@ -226,3 +226,23 @@ async fn https_upstreams_are_verified_against_the_configured_ca() {
     assert_eq!(reply.status, 502, "{}", String::from_utf8_lossy(&reply.body));
     gateway.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_limits_apply_per_route() {
+    let (gateway, _spool) = gateway_with(Vec::new(), |config| {
+        config.limits.body_bytes_max = 10_000;
+        config.limits.routes.insert(
+            "/v1/embeddings".to_owned(),
+            gateway::config::RouteLimits { body_bytes_max: Some(100_000), ..Default::default() },
+        );
+    })
+    .await;
+    let big_input = "x".repeat(50_000);
+    let embeddings = format!(r#"{{"model":"mock-1","input":"{big_input}"}}"#);
+    let chat = format!(r#"{{"model":"mock-1","messages":[{{"role":"user","content":"{big_input}"}}]}}"#);
+    assert_eq!(post(&gateway.url("/v1/embeddings"), Some(KEY_ALPHA), &embeddings).await.status, 200);
+    let refused = post(&gateway.url("/v1/chat/completions"), Some(KEY_ALPHA), &chat).await;
+    assert_eq!(refused.status, 413);
+    assert_eq!(refused.json()["error"]["code"], "request_too_large");
+    gateway.stop().await;
+}
