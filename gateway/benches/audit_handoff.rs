@@ -185,7 +185,7 @@ fn handoff(criterion: &mut Criterion) {
                 let batch = BATCH.min(iterations - done);
                 let drafts: Vec<_> = (0..batch)
                     .map(|_| {
-                        let draft = Draft::begin(http::Method::POST, gateway_id.clone(), sender.clone());
+                        let draft = Draft::begin(&http::Method::POST, gateway_id.clone(), sender.clone());
                         draft.update(|fields| {
                             fields.route = "/v1/chat/completions";
                             fields.model = "gpt-4o-mini".into();

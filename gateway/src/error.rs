@@ -31,6 +31,12 @@ pub enum ErrorKind {
     NotFound,
     /// Malformed JSON, too deep, too many messages, a missing field: 400.
     InvalidRequest,
+    /// The smuggling guard refused the request's HTTP framing: 400, and the connection closes.
+    AmbiguousFraming,
+    /// The route exists but not for this method: 405.
+    MethodNotAllowed,
+    /// The client took too long to send its body: 408.
+    RequestTimeout,
     /// Body larger than the route's limit: 413.
     BodyTooLarge,
     /// Header section larger than the limit: 431.
@@ -71,7 +77,9 @@ impl ErrorKind {
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
             Self::PermissionDenied => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
-            Self::InvalidRequest => StatusCode::BAD_REQUEST,
+            Self::InvalidRequest | Self::AmbiguousFraming => StatusCode::BAD_REQUEST,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::RateLimitedRequests | Self::RateLimitedTokens | Self::TooManyStreams => {
@@ -91,6 +99,9 @@ impl ErrorKind {
             Self::PermissionDenied => "permission_denied",
             Self::NotFound => "not_found",
             Self::InvalidRequest => "invalid_request",
+            Self::AmbiguousFraming => "smuggling_guard",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::RequestTimeout => "request_timeout",
             Self::BodyTooLarge => "body_too_large",
             Self::HeadersTooLarge => "headers_too_large",
             Self::RateLimitedRequests | Self::RateLimitedTokens => "rate_limited",
@@ -110,6 +121,9 @@ impl ErrorKind {
             Self::PermissionDenied => ("permission_error", Some("insufficient_permissions")),
             Self::NotFound => ("invalid_request_error", Some("not_found")),
             Self::InvalidRequest => ("invalid_request_error", None),
+            Self::AmbiguousFraming => ("invalid_request_error", Some("malformed_http_request")),
+            Self::MethodNotAllowed => ("invalid_request_error", Some("method_not_allowed")),
+            Self::RequestTimeout => ("invalid_request_error", Some("request_timeout")),
             Self::BodyTooLarge => ("invalid_request_error", Some("request_too_large")),
             Self::HeadersTooLarge => ("invalid_request_error", Some("headers_too_large")),
             Self::RateLimitedRequests => ("requests", Some("rate_limit_exceeded")),
@@ -129,7 +143,11 @@ impl ErrorKind {
             Self::Unauthenticated => "authentication_error",
             Self::PermissionDenied => "permission_error",
             Self::NotFound => "not_found_error",
-            Self::InvalidRequest | Self::HeadersTooLarge => "invalid_request_error",
+            Self::InvalidRequest
+            | Self::HeadersTooLarge
+            | Self::AmbiguousFraming
+            | Self::MethodNotAllowed
+            | Self::RequestTimeout => "invalid_request_error",
             Self::BodyTooLarge => "request_too_large",
             Self::RateLimitedRequests | Self::RateLimitedTokens | Self::TooManyStreams => "rate_limit_error",
             Self::AuditUnavailable | Self::Draining => "overloaded_error",

@@ -34,6 +34,8 @@ pub struct Metrics {
     rate_limit_rejections_total: Family<DimensionLabels, Counter>,
     /// Streaming responses open now.
     pub streams_open: Gauge,
+    /// Connections the smuggling guard closed with 400.
+    pub smuggling_refusals_total: Counter,
     pub audit_records_submitted_total: Counter,
     /// Records the ledger acknowledged (directly or from the spool).
     pub audit_records_acknowledged_total: Counter,
@@ -99,6 +101,7 @@ impl Metrics {
             upstream_duration_seconds,
             rate_limit_rejections_total: Family::default(),
             streams_open: Gauge::default(),
+            smuggling_refusals_total: Counter::default(),
             audit_records_submitted_total: Counter::default(),
             audit_records_acknowledged_total: Counter::default(),
             audit_records_spooled_total: Counter::default(),
@@ -136,6 +139,11 @@ impl Metrics {
             metrics.rate_limit_rejections_total.clone(),
         );
         registry.register("streams_open", "Streaming responses open now", metrics.streams_open.clone());
+        registry.register(
+            "smuggling_refusals",
+            "Requests the smuggling guard refused (400, connection closed)",
+            metrics.smuggling_refusals_total.clone(),
+        );
         for (name, help, counter) in [
             (
                 "audit_records_submitted",

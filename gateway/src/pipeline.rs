@@ -65,7 +65,8 @@ pub fn governed_router(app: Arc<App>) -> Router {
         .route_layer(middleware::from_fn_with_state(app.clone(), rate_limit))
         .route_layer(middleware::from_fn_with_state(app.clone(), authenticate))
         .route_layer(middleware::from_fn_with_state(app.clone(), enforce_limits))
-        .fallback(not_found);
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed);
     routes
         .layer(middleware::from_fn(trace_span))
         .layer(middleware::from_fn_with_state(app.clone(), record))
@@ -76,7 +77,7 @@ pub fn governed_router(app: Arc<App>) -> Router {
 /// response is known (streams finish theirs in the stream task). For `durable` and `strict`
 /// tenants the response waits here until the record is spooled, respectively acknowledged.
 async fn record(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
-    let draft = Draft::begin(request.method().clone(), app.gateway_id.clone(), app.audit.clone());
+    let draft = Draft::begin(request.method(), app.gateway_id.clone(), app.audit.clone());
     request.extensions_mut().insert(draft.clone());
     let mut response = next.run(request).await;
     response.headers_mut().insert(RECORD_ID_HEADER, draft.header_value().clone());
@@ -266,6 +267,15 @@ async fn rate_limit(State(app): State<Arc<App>>, mut request: Request, next: Nex
 async fn not_found(request: Request) -> Response {
     ApiError::new(ErrorKind::NotFound, format!("no route for {} {}", request.method(), request.uri().path()))
         .into_response()
+}
+
+/// 405 in OpenAI's shape for a known path with another method.
+async fn method_not_allowed(request: Request) -> Response {
+    ApiError::new(
+        ErrorKind::MethodNotAllowed,
+        format!("{} is not allowed on {}", request.method(), request.uri().path()),
+    )
+    .into_response()
 }
 
 /// The rate-limit decision as the audit record states it.

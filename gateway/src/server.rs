@@ -23,10 +23,14 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::app::App;
+use crate::audit::draft::{Draft, Outcome};
 use crate::audit::sender;
 use crate::config::Config;
+use crate::error::{ApiError, ErrorKind, Flavor};
 use crate::metrics::{METRICS_CONTENT_TYPE, Metrics};
 use crate::pipeline::governed_router;
+use crate::policy::smuggling::{GuardedIo, Violation};
+use sha2::{Digest as _, Sha256};
 
 /// Longest a client may take to send a request's headers (slowloris protection).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -96,8 +100,9 @@ pub async fn serve(
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, %peer, "cannot set TCP_NODELAY");
         }
+        let guarded = GuardedIo::new(stream, config.limits.header_bytes_max, refusal_response(&app));
         let service = TowerToHyperService::new(router.clone());
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(guarded), service));
         connections.spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%error, %peer, "connection ended with an error");
@@ -127,6 +132,34 @@ pub async fn serve(
     sender_tasks.shutdown(Duration::from_millis(config.shutdown.audit_flush_timeout_ms)).await;
     tracing::info!("gateway stopped");
     Ok(())
+}
+
+/// What the smuggling guard answers (and records) when it refuses a connection's request.
+fn refusal_response(app: &App) -> impl FnOnce(Violation) -> Vec<u8> + Send + 'static {
+    let (gateway_id, sender, metrics) = (app.gateway_id.clone(), app.audit.clone(), app.metrics.clone());
+    move |violation| {
+        metrics.smuggling_refusals_total.inc();
+        let error =
+            ApiError::new(ErrorKind::AmbiguousFraming, format!("malformed HTTP request: {violation}"));
+        let body = error.body(Flavor::OpenAi);
+        let draft = Draft::begin_with_method("", gateway_id, sender);
+        let response_sha256: [u8; 32] = Sha256::digest(&body).into();
+        draft.finish(&Outcome {
+            status: 400,
+            refusal: Some(ErrorKind::AmbiguousFraming),
+            response_sha256: &response_sha256,
+            response_bytes: body.len() as u64,
+        });
+        let mut response = format!(
+            "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+             connection: close\r\nx-aegis-record-id: {}\r\n\r\n",
+            body.len(),
+            draft.record_id().hyphenated()
+        )
+        .into_bytes();
+        response.extend_from_slice(&body);
+        response
+    }
 }
 
 /// Ready unless draining or the audit spool is above its high-water mark.

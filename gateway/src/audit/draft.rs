@@ -19,6 +19,9 @@ use crate::config::{AuditModeConfig, FailureMode};
 use crate::error::{ErrorKind, Flavor};
 use crate::policy::auth::Credential;
 
+/// Longest method name recorded; longer (extension) methods are cut.
+pub const METHOD_BYTES_MAX: usize = 16;
+
 /// Status recorded for a request whose client disconnected before the response was complete
 /// (nginx's "client closed request").
 pub const STATUS_CLIENT_CLOSED: u16 = 499;
@@ -31,7 +34,9 @@ pub struct Draft {
     header_value: HeaderValue,
     received_at_unix_nanos: i64,
     started: Instant,
-    method: Method,
+    /// The request method, at most [`METHOD_BYTES_MAX`] bytes (hyper bounds it only by the
+    /// head size); empty when the request line could not be trusted.
+    method: Box<str>,
     gateway_id: Arc<str>,
     sender: AuditSender,
     fields: Mutex<DraftFields>,
@@ -69,7 +74,17 @@ pub struct Outcome<'a> {
 }
 
 impl Draft {
-    pub fn begin(method: Method, gateway_id: Arc<str>, sender: AuditSender) -> Arc<Self> {
+    pub fn begin(method: &Method, gateway_id: Arc<str>, sender: AuditSender) -> Arc<Self> {
+        let method = method.as_str();
+        let cut = (0..=method.len().min(METHOD_BYTES_MAX))
+            .rev()
+            .find(|&end| method.is_char_boundary(end))
+            .unwrap_or(0);
+        Self::begin_with_method(&method[..cut], gateway_id, sender)
+    }
+
+    /// A draft for a request whose method is unknown or untrusted (`method` may be empty).
+    pub fn begin_with_method(method: &str, gateway_id: Arc<str>, sender: AuditSender) -> Arc<Self> {
         let record_id = uuid::Uuid::now_v7();
         let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
         let header_value = HeaderValue::from_bytes(record_id.hyphenated().encode_lower(&mut text).as_bytes())
@@ -82,7 +97,7 @@ impl Draft {
             header_value,
             received_at_unix_nanos,
             started: Instant::now(),
-            method,
+            method: method.into(),
             gateway_id,
             sender,
             fields: Mutex::new(DraftFields::default()),
@@ -160,7 +175,7 @@ impl Draft {
             credential_id,
             received_at_unix_nanos: self.received_at_unix_nanos,
             finished_at_unix_nanos,
-            method: self.method.as_str().to_owned(),
+            method: self.method.to_string(),
             route: fields.route.to_owned(),
             model: std::mem::take(&mut fields.model),
             upstream: fields.upstream.as_deref().unwrap_or_default().to_owned(),

@@ -4,3 +4,4 @@
 pub mod auth;
 pub mod limits;
 pub mod rate_limit;
+pub mod smuggling;

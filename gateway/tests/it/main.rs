@@ -3,6 +3,7 @@
 mod delivery;
 mod gateway;
 mod sdk;
+mod smuggling;
 mod spool;
 mod spool_model;
 mod support;
