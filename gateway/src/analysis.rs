@@ -11,6 +11,10 @@ use serde::Deserialize;
 /// marked incomplete) rather than buffered without bound.
 const SSE_LINE_BYTES_MAX: usize = 256 * 1024;
 
+/// Longest finish reason recorded: the upstream's text goes into the audit record, so it is
+/// bounded like every other field.
+const FINISH_REASON_BYTES_MAX: usize = 64;
+
 /// Accumulates the analysis of one response.
 #[derive(Debug, Default)]
 pub struct ResponseAnalyzer {
@@ -158,7 +162,7 @@ impl ResponseAnalyzer {
         }
         for choice in &event.choices {
             if let Some(reason) = &choice.finish_reason {
-                reason.clone_into(&mut self.finish_reason);
+                self.set_finish_reason(reason);
             }
             let text = choice
                 .delta
@@ -184,7 +188,7 @@ impl ResponseAnalyzer {
         // Anthropic.
         if let Some(delta) = &event.delta {
             if let Some(reason) = &delta.stop_reason {
-                reason.clone_into(&mut self.finish_reason);
+                self.set_finish_reason(reason);
             }
             if delta.text.as_deref().is_some_and(|text| !text.is_empty()) {
                 self.token_count += 1;
@@ -192,13 +196,21 @@ impl ResponseAnalyzer {
         }
         if event.event_type.as_deref() == Some("message") {
             if let Some(reason) = &event.stop_reason {
-                reason.clone_into(&mut self.finish_reason);
+                self.set_finish_reason(reason);
             }
             for block in &event.content {
                 self.token_count +=
                     block.text.as_deref().map_or(0, |text| text.split_whitespace().count() as u64);
             }
         }
+    }
+
+    fn set_finish_reason(&mut self, reason: &str) {
+        let end = (0..=reason.len().min(FINISH_REASON_BYTES_MAX))
+            .rev()
+            .find(|&end| reason.is_char_boundary(end))
+            .unwrap_or(0);
+        reason[..end].clone_into(&mut self.finish_reason);
     }
 
     fn merge_usage(&mut self, usage: Usage) {
@@ -210,7 +222,7 @@ impl ResponseAnalyzer {
             current.completion_tokens = completion;
         }
         current.total_tokens =
-            usage.total_tokens.unwrap_or(current.prompt_tokens + current.completion_tokens);
+            usage.total_tokens.unwrap_or(current.prompt_tokens.saturating_add(current.completion_tokens));
     }
 
     /// Shannon entropy, in bits, of one token's top candidates, renormalized over them.
@@ -238,6 +250,11 @@ impl ResponseAnalyzer {
     /// The total tokens the response used, as the upstream reported them.
     pub fn total_tokens(&self) -> Option<u64> {
         self.usage.map(|usage| usage.total_tokens)
+    }
+
+    /// Completion tokens the gateway counted itself (content events or words).
+    pub fn token_count(&self) -> u64 {
+        self.token_count
     }
 
     pub fn usage(&self) -> Option<v1::TokenUsage> {

@@ -32,6 +32,8 @@ pub struct App {
     pub metrics: Metrics,
     /// How long a `strict` response waits for the ledger.
     pub strict_timeout: Duration,
+    /// Longest a client may take to send a request body.
+    pub body_read_timeout: Duration,
     /// `: ping` interval while a stream waits for its first chunk.
     pub stream_keepalive: Duration,
     /// The running stream tasks, so shutdown can wait for them and cancel stragglers.
@@ -70,6 +72,7 @@ impl App {
             metrics,
             strict_timeout: Duration::from_millis(config.audit.strict_timeout_ms),
             stream_keepalive: Duration::from_millis(config.limits.stream_keepalive_ms),
+            body_read_timeout: Duration::from_millis(config.limits.body_read_timeout_ms),
             stream_tasks: Mutex::new(JoinSet::new()),
         })
     }

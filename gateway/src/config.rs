@@ -12,6 +12,10 @@ use std::time::Duration;
 use clap::Parser;
 use serde::Deserialize;
 
+/// Longest gateway, tenant, credential or upstream name: they are written into every audit
+/// record, so they are bounded like every field.
+pub const ID_BYTES_MAX: usize = 128;
+
 /// Everything a gateway is configured with. Build it with [`Config::load`] or
 /// [`Config::from_toml`], then check it with [`Config::validate`].
 #[derive(Clone, Debug, Deserialize)]
@@ -58,6 +62,8 @@ pub struct LimitsConfig {
     pub streams_max: usize,
     /// Completion tokens assumed for the rate limit when a request names no `max_tokens`.
     pub default_completion_tokens: u64,
+    /// Longest a client may take to send its request body (slow-body protection). Slower: 408.
+    pub body_read_timeout_ms: u64,
     /// While a stream waits for its first chunk, a `: ping` comment is sent this often so
     /// clients and proxies do not time the connection out.
     pub stream_keepalive_ms: u64,
@@ -372,8 +378,8 @@ impl Config {
     /// Checks everything that would otherwise fail at the first request.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |message: String| Err(ConfigError::Invalid(message));
-        if self.gateway_id.is_empty() || self.gateway_id.len() > 128 {
-            return invalid("gateway_id must be 1 to 128 characters".into());
+        if self.gateway_id.is_empty() || self.gateway_id.len() > ID_BYTES_MAX {
+            return invalid(format!("gateway_id must be 1 to {ID_BYTES_MAX} bytes"));
         }
         let limits = &self.limits;
         for (name, value) in [
@@ -384,6 +390,10 @@ impl Config {
             ("limits.connections_max", limits.connections_max),
             ("limits.streams_max", limits.streams_max),
             ("limits.stream_keepalive_ms", usize::try_from(limits.stream_keepalive_ms).unwrap_or(usize::MAX)),
+            (
+                "limits.body_read_timeout_ms",
+                usize::try_from(limits.body_read_timeout_ms).unwrap_or(usize::MAX),
+            ),
         ] {
             if value == 0 {
                 return invalid(format!("{name} must be at least 1"));
@@ -403,8 +413,14 @@ impl Config {
         }
         let mut names = HashSet::new();
         for upstream in &self.upstreams {
-            if !names.insert(upstream.name.as_str()) {
-                return invalid(format!("upstream name {:?} is used twice", upstream.name));
+            if upstream.name.is_empty()
+                || upstream.name.len() > ID_BYTES_MAX
+                || !names.insert(upstream.name.as_str())
+            {
+                return invalid(format!(
+                    "upstream name {:?} is empty, longer than {ID_BYTES_MAX} bytes or used twice",
+                    upstream.name
+                ));
             }
             if upstream.kind != UpstreamKind::Mock {
                 let Some(base_url) = &upstream.base_url else {
@@ -429,8 +445,11 @@ impl Config {
         }
         let mut tenants = HashSet::new();
         for tenant in &self.tenants {
-            if tenant.id.is_empty() || !tenants.insert(tenant.id.as_str()) {
-                return invalid(format!("tenant id {:?} is empty or used twice", tenant.id));
+            if tenant.id.is_empty() || tenant.id.len() > ID_BYTES_MAX || !tenants.insert(tenant.id.as_str()) {
+                return invalid(format!(
+                    "tenant id {:?} is empty, longer than {ID_BYTES_MAX} bytes or used twice",
+                    tenant.id
+                ));
             }
             if tenant.streams_max == 0 {
                 return invalid(format!("tenant {:?}: streams_max must be at least 1", tenant.id));
@@ -439,8 +458,14 @@ impl Config {
         let mut credential_ids = HashSet::new();
         let mut key_hashes = HashSet::new();
         for credential in &self.credentials {
-            if credential.id.is_empty() || !credential_ids.insert(credential.id.as_str()) {
-                return invalid(format!("credential id {:?} is empty or used twice", credential.id));
+            if credential.id.is_empty()
+                || credential.id.len() > ID_BYTES_MAX
+                || !credential_ids.insert(credential.id.as_str())
+            {
+                return invalid(format!(
+                    "credential id {:?} is empty, longer than {ID_BYTES_MAX} bytes or used twice",
+                    credential.id
+                ));
             }
             if !tenants.contains(credential.tenant.as_str()) {
                 return invalid(format!(
@@ -557,6 +582,7 @@ impl Default for LimitsConfig {
             streams_max: 2048,
             default_completion_tokens: 1024,
             stream_keepalive_ms: 5_000,
+            body_read_timeout_ms: 30_000,
         }
     }
 }

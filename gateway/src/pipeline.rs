@@ -105,7 +105,8 @@ async fn record(State(app): State<Arc<App>>, mut request: Request, next: Next) -
         response_sha256: &response_sha256,
         response_bytes: body.len() as u64,
     });
-    if let Some(delivered) = wait {
+    // A refusal is never held back: only a served response waits for its record.
+    if let Some(delivered) = wait.filter(|_| refusal.is_none()) {
         let outcome = tokio::time::timeout(app.strict_timeout, delivered).await;
         if !matches!(outcome, Ok(Ok(Ok(())))) {
             let error = ApiError::new(
@@ -148,7 +149,17 @@ async fn enforce_limits(State(app): State<Arc<App>>, request: Request, next: Nex
     }
     let limits = app.limits.for_route(route);
     let (mut parts, body) = request.into_parts();
-    let parsed = match limits::read_body(&parts.headers, body, limits.body_bytes_max).await.and_then(|body| {
+    let read = tokio::time::timeout(
+        app.body_read_timeout,
+        limits::read_body(&parts.headers, body, limits.body_bytes_max),
+    );
+    let read = read.await.unwrap_or_else(|_| {
+        Err(ApiError::new(
+            ErrorKind::RequestTimeout,
+            format!("the request body did not arrive within {:?}", app.body_read_timeout),
+        ))
+    });
+    let parsed = match read.and_then(|body| {
         draft.update(|fields| {
             fields.request_sha256 = Sha256::digest(&body).to_vec();
             fields.request_bytes = body.len() as u64;
@@ -210,7 +221,8 @@ async fn rate_limit(State(app): State<Arc<App>>, mut request: Request, next: Nex
             .into_response();
     };
     let tokens_estimate = request.extensions().get::<ParsedRequest>().map_or(0, |parsed| {
-        parsed.body.len() as u64 / 4 + parsed.max_tokens.unwrap_or(app.limits.default_completion_tokens)
+        prompt_tokens_estimate(parsed)
+            .saturating_add(parsed.max_tokens.unwrap_or(app.limits.default_completion_tokens))
     });
     let flavor = draft.update(|fields| fields.flavor);
     let (decision, admitted) = match app.limiter.acquire(credential.index, tokens_estimate, Instant::now()) {
@@ -297,6 +309,11 @@ fn audit_decision(decision: &Decision) -> v1::RateLimitDecision {
         tokens_remaining: tokens.map_or(0, |quota| quota.remaining),
         tokens_reset_ms: tokens.map_or(0, |quota| millis(quota.reset)),
     }
+}
+
+/// Prompt tokens assumed before the upstream reports usage: a token per four body bytes.
+pub fn prompt_tokens_estimate(parsed: &ParsedRequest) -> u64 {
+    parsed.body.len() as u64 / 4
 }
 
 /// The request's draft, which the outermost stage always inserts.

@@ -95,13 +95,19 @@ async fn proxy(
     headers: HeaderMap,
 ) -> Response {
     let flavor = if api == Api::Messages { Flavor::Anthropic } else { Flavor::OpenAi };
+    // A request refused or failed from here on used no tokens: give its reservation back.
+    let refuse = |error: ApiError| {
+        slot.settle(&app, 0);
+        error.into_response_for(flavor)
+    };
     let Some(upstream) = app.upstreams.route(&parsed.model).cloned() else {
-        return ApiError::new(
-            ErrorKind::NotFound,
-            format!("the model `{}` does not exist or you do not have access to it", parsed.model),
-        )
-        .with_param("model")
-        .into_response_for(flavor);
+        return refuse(
+            ApiError::new(
+                ErrorKind::NotFound,
+                format!("the model `{}` does not exist or you do not have access to it", parsed.model),
+            )
+            .with_param("model"),
+        );
     };
     if !upstream.speaks(api) {
         let hint = if api == Api::Messages {
@@ -123,7 +129,7 @@ async fn proxy(
     let permits = if parsed.stream {
         match admit_stream(&app, &draft) {
             Ok(permits) => Some(permits),
-            Err(error) => return error.into_response_for(flavor),
+            Err(error) => return refuse(error),
         }
     } else {
         None
@@ -132,7 +138,7 @@ async fn proxy(
     let deadline = tokio::time::Instant::now() + upstream.response_timeout;
     let mut response = match upstream.send(api, &parsed, &headers).await {
         Ok(response) => response,
-        Err(error) => return error.into_response_for(flavor),
+        Err(error) => return refuse(error),
     };
     upstream.latency.observe(sent.elapsed().as_secs_f64());
     let is_event_stream = response
@@ -140,15 +146,17 @@ async fn proxy(
         .as_ref()
         .is_some_and(|value| value.as_bytes().starts_with(b"text/event-stream"));
     if let (Some(permits), true, true) = (permits, response.status.is_success(), is_event_stream) {
-        return stream(app, draft, slot, upstream, response.body, sent, deadline, permits, flavor);
+        return stream(app, draft, slot, parsed, upstream, response.body, sent, deadline, permits, flavor);
     }
     let body =
         match tokio::time::timeout_at(deadline, response.body.read_all(upstream.response_bytes_max)).await {
             Ok(Ok(body)) => body,
-            Ok(Err(error)) => return error.into_response_for(flavor),
+            Ok(Err(error)) => return refuse(error),
             Err(_) => {
-                return ApiError::new(ErrorKind::UpstreamTimeout, "the upstream's response took too long")
-                    .into_response_for(flavor);
+                return refuse(ApiError::new(
+                    ErrorKind::UpstreamTimeout,
+                    "the upstream's response took too long",
+                ));
             }
         };
     let mut analyzer = ResponseAnalyzer::default();
@@ -156,7 +164,7 @@ async fn proxy(
         analyzer.feed_json(&body);
     }
     let upstream_latency_us = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
-    settle(&app, &slot, &analyzer);
+    settle(&app, &slot, &analyzer, &parsed);
     draft.update(|fields| {
         fields.upstream_latency_us = upstream_latency_us;
         fields.usage = analyzer.usage();
@@ -196,12 +204,14 @@ fn admit_stream(app: &App, draft: &Draft) -> Result<[OwnedSemaphorePermit; 2], A
     Ok([gateway, tenant_permit])
 }
 
-/// Settles the token reservation with the upstream's reported usage; without a report the
-/// estimate stays charged.
-fn settle(app: &App, slot: &ReservationSlot, analyzer: &ResponseAnalyzer) {
-    if let Some(total_tokens) = analyzer.total_tokens() {
-        slot.settle(app, total_tokens);
-    }
+/// Settles the token reservation with the upstream's reported usage or, when it reported none
+/// (OpenAI streams without `include_usage`), with the prompt estimate plus the completion
+/// tokens the gateway counted itself.
+fn settle(app: &App, slot: &ReservationSlot, analyzer: &ResponseAnalyzer, parsed: &ParsedRequest) {
+    let total_tokens = analyzer.total_tokens().unwrap_or_else(|| {
+        crate::pipeline::prompt_tokens_estimate(parsed).saturating_add(analyzer.token_count())
+    });
+    slot.settle(app, total_tokens);
 }
 
 /// Starts the stream task and answers with the stream it feeds.
@@ -210,6 +220,7 @@ fn stream(
     app: Arc<App>,
     draft: Arc<Draft>,
     slot: ReservationSlot,
+    parsed: ParsedRequest,
     upstream: Arc<Upstream>,
     body: ResponseBody,
     sent: Instant,
@@ -220,8 +231,18 @@ fn stream(
     // One chunk in flight: back-pressure from a slow client reaches the upstream at once.
     let (sender, receiver) = mpsc::channel::<Result<Bytes, std::io::Error>>(1);
     app.metrics.streams_open.inc();
-    let task =
-        StreamTask { app: app.clone(), draft, slot, upstream, sent, deadline, flavor, sender, permits };
+    let task = StreamTask {
+        app: app.clone(),
+        draft,
+        slot,
+        parsed,
+        upstream,
+        sent,
+        deadline,
+        flavor,
+        sender,
+        permits,
+    };
     app.spawn_stream(task.run(body));
     let mut response = Response::new(Body::from_stream(ReceiverStream::new(receiver)));
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -236,6 +257,8 @@ struct StreamTask {
     app: Arc<App>,
     draft: Arc<Draft>,
     slot: ReservationSlot,
+    /// The request: its size feeds the token settlement when the upstream reports no usage.
+    parsed: ParsedRequest,
     upstream: Arc<Upstream>,
     sent: Instant,
     deadline: tokio::time::Instant,
@@ -257,22 +280,26 @@ impl StreamTask {
         let mut failure: Option<ApiError> = None;
         let mut first_chunk = true;
         let keepalive = self.app.stream_keepalive;
+        // The end of the previous chunk, so a terminal marker split across chunks is found.
+        let mut tail: Vec<u8> = Vec::new();
         loop {
-            let next = if first_chunk {
-                tokio::select! {
-                    next = tokio::time::timeout_at(self.deadline, body.next_chunk()) => next,
-                    () = tokio::time::sleep(keepalive) => {
-                        hasher.update(PING);
-                        response_bytes += PING.len() as u64;
-                        if self.sender.send(Ok(Bytes::from_static(PING))).await.is_err() {
-                            status = STATUS_CLIENT_CLOSED;
-                            break;
-                        }
-                        continue;
-                    }
+            let next = tokio::select! {
+                next = tokio::time::timeout_at(self.deadline, body.next_chunk()) => next,
+                // The client went away: stop now, not at the next chunk, so the upstream
+                // (dropped with `body`) stops generating at once.
+                () = self.sender.closed() => {
+                    status = STATUS_CLIENT_CLOSED;
+                    break;
                 }
-            } else {
-                tokio::time::timeout_at(self.deadline, body.next_chunk()).await
+                () = tokio::time::sleep(keepalive), if first_chunk => {
+                    hasher.update(PING);
+                    response_bytes += PING.len() as u64;
+                    if self.sender.send(Ok(Bytes::from_static(PING))).await.is_err() {
+                        status = STATUS_CLIENT_CLOSED;
+                        break;
+                    }
+                    continue;
+                }
             };
             let chunk = match next {
                 Ok(Some(Ok(chunk))) => chunk,
@@ -293,10 +320,11 @@ impl StreamTask {
             analyzer.feed_sse(&chunk);
             hasher.update(&chunk);
             response_bytes += chunk.len() as u64;
-            if gated && is_terminal(&chunk, self.flavor) {
+            if gated && (!held.is_empty() || is_terminal(&tail, &chunk, self.flavor)) {
                 held.push(chunk);
                 continue;
             }
+            keep_tail(&mut tail, &chunk);
             if self.sender.send(Ok(chunk)).await.is_err() {
                 // The client went away: dropping the upstream body cancels the upstream request.
                 status = STATUS_CLIENT_CLOSED;
@@ -312,7 +340,7 @@ impl StreamTask {
             held.push(event);
         }
         let upstream_latency_us = u64::try_from(self.sent.elapsed().as_micros()).unwrap_or(u64::MAX);
-        settle(&self.app, &self.slot, &analyzer);
+        settle(&self.app, &self.slot, &analyzer, &self.parsed);
         self.draft.update(|fields| {
             fields.upstream_latency_us = upstream_latency_us;
             fields.usage = analyzer.usage();
@@ -347,12 +375,55 @@ impl StreamTask {
     }
 }
 
-/// Whether a chunk holds the event that ends a stream: `data: [DONE]` (OpenAI) or
-/// `message_stop` (Anthropic).
-fn is_terminal(chunk: &[u8], flavor: Flavor) -> bool {
-    let marker: &[u8] = match flavor {
-        Flavor::OpenAi => b"data: [DONE]",
-        Flavor::Anthropic => b"event: message_stop",
+/// The markers of the event that ends a stream: `data: [DONE]` (OpenAI), `message_stop`
+/// (Anthropic).
+const OPENAI_END: &[u8] = b"data: [DONE]";
+const ANTHROPIC_END: &[u8] = b"event: message_stop";
+
+/// Whether `chunk` completes the marker of the event that ends a stream, counting a marker
+/// that began in `tail` (the end of the previous chunk). Holding back the chunk that completes
+/// it is enough: until then the client has not seen the whole terminal event.
+fn is_terminal(tail: &[u8], chunk: &[u8], flavor: Flavor) -> bool {
+    let marker = match flavor {
+        Flavor::OpenAi => OPENAI_END,
+        Flavor::Anthropic => ANTHROPIC_END,
     };
-    chunk.windows(marker.len()).any(|window| window == marker)
+    if chunk.windows(marker.len()).any(|window| window == marker) {
+        return true;
+    }
+    let head = &chunk[..chunk.len().min(marker.len() - 1)];
+    let mut joined = Vec::with_capacity(tail.len() + head.len());
+    joined.extend_from_slice(tail);
+    joined.extend_from_slice(head);
+    joined.windows(marker.len()).any(|window| window == marker)
+}
+
+/// Keeps the last bytes of `chunk` (fewer than the longest marker) for the next check.
+fn keep_tail(tail: &mut Vec<u8>, chunk: &[u8]) {
+    let keep = ANTHROPIC_END.len().max(OPENAI_END.len()) - 1;
+    tail.extend_from_slice(&chunk[chunk.len().saturating_sub(keep)..]);
+    let excess = tail.len().saturating_sub(keep);
+    tail.drain(..excess);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminal_markers_are_found_whole_or_split_between_chunks() {
+        let stream = b"data: {\"x\":1}\n\ndata: [DONE]\n\n";
+        for split in 1..stream.len() {
+            let (first, second) = stream.split_at(split);
+            let mut tail = Vec::new();
+            let first_terminal = is_terminal(&tail, first, Flavor::OpenAi);
+            keep_tail(&mut tail, first);
+            let second_terminal = is_terminal(&tail, second, Flavor::OpenAi);
+            let marker_complete_in_first = split >= stream.len() - 2;
+            assert_eq!(first_terminal, marker_complete_in_first, "split at {split}");
+            assert!(first_terminal || second_terminal, "split at {split}: the terminal event escaped");
+        }
+        assert!(!is_terminal(b"", b"data: {\"text\":\"[DONE]\"}", Flavor::OpenAi));
+        assert!(is_terminal(b"event: message_", b"stop\ndata: {}", Flavor::Anthropic));
+    }
 }

@@ -90,6 +90,9 @@ struct Shared {
     /// Set at shutdown: batches stop retrying the ledger and go to the spool.
     shutting_down: AtomicBool,
     stranded_records_max: usize,
+    /// Hard bound of the overflow. Admission control refuses requests long before it is
+    /// reached; only records of requests refused before admission could push it here.
+    overflow_records_max: usize,
     metrics: Metrics,
 }
 
@@ -164,6 +167,7 @@ pub fn start(config: &AuditConfig, metrics: Metrics) -> Result<(AuditSender, Sen
         spool_high: AtomicBool::new(false),
         shutting_down: AtomicBool::new(false),
         stranded_records_max: config.queue_records_max,
+        overflow_records_max: config.queue_records_max.saturating_mul(4),
         metrics,
     });
     let high_water_bytes = config.spool_bytes_max / 100 * u64::from(config.spool_high_water_percent);
@@ -196,7 +200,17 @@ impl AuditSender {
         match self.shared.queue.try_send(Item { record, delivery }) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(item)) => {
-                self.shared.overflow.lock().push_back(item);
+                let mut overflow = self.shared.overflow.lock();
+                if overflow.len() >= self.shared.overflow_records_max {
+                    drop(overflow);
+                    metrics.audit_records_dropped_total.inc();
+                    tracing::error!(
+                        "the audit queue and its overflow are full (the sender cannot keep up); a record is lost"
+                    );
+                    return receiver;
+                }
+                overflow.push_back(item);
+                drop(overflow);
                 self.shared.overflow_added.notify_one();
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
@@ -271,36 +285,50 @@ async fn run_batcher(
 ) {
     let permits = Arc::new(Semaphore::new(config.appends_in_flight_max));
     let mut in_flight = JoinSet::new();
+    // An item that did not fit the previous batch starts the next one.
+    let mut carried: Option<Item> = None;
     loop {
-        let Some(first) = next_item(&mut receiver, &shared).await else { break };
+        let first = match carried.take() {
+            Some(item) => item,
+            None => match next_item(&mut receiver, &shared).await {
+                Some(item) => item,
+                None => break,
+            },
+        };
         let mut batch = Batch::default();
         batch.push(first);
         let deadline = Instant::now() + config.linger();
-        while batch.records.len() < config.batch_records_max && batch.bytes < config.batch_bytes_max {
-            if let Some(item) = shared.overflow.lock().pop_front() {
-                batch.push(item);
-                continue;
-            }
-            tokio::select! {
-                biased;
-                item = receiver.recv() => match item {
-                    Some(item) => batch.push(item),
-                    None => break,
+        while batch.records.len() < config.batch_records_max {
+            let overflowed = shared.overflow.lock().pop_front();
+            let item = match overflowed {
+                Some(item) => item,
+                None => tokio::select! {
+                    biased;
+                    item = receiver.recv() => match item {
+                        Some(item) => item,
+                        None => break,
+                    },
+                    () = tokio::time::sleep_until(deadline) => break,
                 },
-                () = tokio::time::sleep_until(deadline) => break,
+            };
+            // A batch never exceeds batch_bytes_max (the ledger refuses larger Appends whole).
+            if batch.bytes + item.record.len() > config.batch_bytes_max {
+                carried = Some(item);
+                break;
             }
+            batch.push(item);
         }
         shared.metrics.audit_batch_records.observe(batch.records.len() as f64);
-        if !batch.durable.is_empty() {
-            spool_durable(&shared, &spool, std::mem::take(&mut batch.durable)).await;
-        }
-        if batch.records.is_empty() {
-            continue;
-        }
+        let durable = std::mem::take(&mut batch.durable);
         let permit = permits.clone().acquire_owned().await.expect("the semaphore is never closed");
         let (shared, ledger, spool, config) = (shared.clone(), ledger.clone(), spool.clone(), config.clone());
         in_flight.spawn(async move {
-            ship(batch, &shared, &ledger, &spool, &config).await;
+            if !durable.is_empty() {
+                spool_durable(&shared, &spool, durable).await;
+            }
+            if !batch.records.is_empty() {
+                ship(batch, &shared, &ledger, &spool, &config).await;
+            }
             drop(permit);
         });
         while in_flight.try_join_next().is_some() {}
@@ -388,39 +416,45 @@ async fn ship(
 ) {
     let Batch { records, strict, .. } = batch;
     let count = records.len() as u64;
+    let ledger_down = shared.ledger_down.load(Ordering::Relaxed);
     // While the ledger is down, go straight to the spool (behind the records already there),
-    // unless a strict response is waiting for the ledger.
-    let try_ledger = !strict.is_empty() || !shared.ledger_down.load(Ordering::Relaxed);
-    if try_ledger {
-        let mut backoff = Duration::from_millis(config.retry_backoff_initial_ms);
-        for attempt in 1..=config.append_attempts {
-            match ledger.append(records.clone()).await {
-                Ok(_) => {
-                    shared.ledger_down.store(false, Ordering::Relaxed);
-                    shared.metrics.audit_records_acknowledged_total.inc_by(count);
-                    for acknowledge in strict {
-                        let _ = acknowledge.send(Ok(()));
-                    }
-                    return;
+    // unless a strict response is waiting: then try once, not the full retry schedule, so a
+    // partition never holds a batch (and an in-flight slot) longer than one attempt.
+    let attempts = match (strict.is_empty(), ledger_down) {
+        (true, true) => 0,
+        (false, true) => 1,
+        (_, false) => config.append_attempts,
+    };
+    let mut backoff = Duration::from_millis(config.retry_backoff_initial_ms);
+    for attempt in 1..=attempts {
+        match ledger.append(records.clone()).await {
+            Ok(_) => {
+                shared.ledger_down.store(false, Ordering::Relaxed);
+                shared.metrics.audit_records_acknowledged_total.inc_by(count);
+                for acknowledge in strict {
+                    let _ = acknowledge.send(Ok(()));
                 }
-                Err(AppendError::Refused { endpoint, status }) => {
-                    dead_letter(shared, spool, records, &format!("{endpoint}: {status}")).await;
-                    for acknowledge in strict {
-                        let _ = acknowledge.send(Err(AuditFailure::NotAcknowledged));
-                    }
-                    return;
+                return;
+            }
+            Err(AppendError::Refused { endpoint, status }) => {
+                append_or_isolate(shared, ledger, spool, records, &format!("{endpoint}: {status}")).await;
+                for acknowledge in strict {
+                    let _ = acknowledge.send(Err(AuditFailure::NotAcknowledged));
                 }
-                Err(error @ AppendError::Retryable { .. }) => {
-                    shared.metrics.audit_append_failures_total.inc();
-                    tracing::warn!(%error, attempt, "audit append failed");
-                    if attempt == config.append_attempts || shared.shutting_down.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_millis(config.retry_backoff_max_ms));
+                return;
+            }
+            Err(error @ AppendError::Retryable { .. }) => {
+                shared.metrics.audit_append_failures_total.inc();
+                tracing::warn!(%error, attempt, "audit append failed");
+                if attempt == attempts || shared.shutting_down.load(Ordering::Relaxed) {
+                    break;
                 }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(config.retry_backoff_max_ms));
             }
         }
+    }
+    if attempts > 0 {
         shared.ledger_down.store(true, Ordering::Relaxed);
     }
     for acknowledge in strict {
@@ -436,6 +470,57 @@ async fn ship(
             strand(shared, records);
         }
     }
+}
+
+/// After the ledger refused a batch: appends its halves separately, down to single records, so
+/// that only the records the ledger refuses go to the dead-letter file and the rest are
+/// delivered. Records whose halves hit a retryable failure meanwhile go to the spool.
+async fn append_or_isolate(
+    shared: &Shared,
+    ledger: &LedgerNodes,
+    spool: &SpoolHandle,
+    records: Vec<Vec<u8>>,
+    reason: &str,
+) {
+    let mut pending = vec![records];
+    while let Some(mut part) = pending.pop() {
+        if part.len() == 1 {
+            match ledger.append(part.clone()).await {
+                Ok(_) => {
+                    shared.metrics.audit_records_acknowledged_total.inc();
+                }
+                Err(AppendError::Refused { endpoint, status }) => {
+                    dead_letter(shared, spool, part, &format!("{endpoint}: {status}")).await;
+                }
+                Err(AppendError::Retryable { .. }) => {
+                    if spool.append(part.clone()).await.is_ok() {
+                        shared.metrics.audit_records_spooled_total.inc();
+                    } else {
+                        strand(shared, part);
+                    }
+                }
+            }
+            continue;
+        }
+        let second = part.split_off(part.len() / 2);
+        for half in [second, part] {
+            match ledger.append(half.clone()).await {
+                Ok(_) => {
+                    shared.metrics.audit_records_acknowledged_total.inc_by(half.len() as u64);
+                }
+                Err(AppendError::Refused { .. }) => pending.push(half),
+                Err(AppendError::Retryable { .. }) => {
+                    let count = half.len() as u64;
+                    if spool.append(half.clone()).await.is_ok() {
+                        shared.metrics.audit_records_spooled_total.inc_by(count);
+                    } else {
+                        strand(shared, half);
+                    }
+                }
+            }
+        }
+    }
+    tracing::warn!(reason, "the ledger refused a batch of audit records; isolated the refused ones");
 }
 
 /// Keeps records nobody took in memory for the replayer; drops (and counts) what exceeds the
@@ -481,12 +566,20 @@ async fn run_replayer(
     let backoff_initial = Duration::from_millis(config.retry_backoff_initial_ms);
     let mut backoff = backoff_initial;
     loop {
-        let stranded: Vec<Vec<u8>> = shared.stranded.lock().drain(..).collect();
+        let stranded: Vec<Vec<u8>> = {
+            let mut stranded = shared.stranded.lock();
+            let take = stranded.len().min(config.batch_records_max);
+            stranded.drain(..take).collect()
+        };
         if !stranded.is_empty() && spool.append(stranded.clone()).await.is_err() {
-            // Still no room: put them back and try again later.
-            let mut kept = shared.stranded.lock();
-            for record in stranded.into_iter().rev() {
-                kept.push_front(record);
+            // No room in the spool: hand them to the ledger directly, or keep them for later.
+            if ledger.append(stranded.clone()).await.is_ok() {
+                shared.metrics.audit_records_acknowledged_total.inc_by(stranded.len() as u64);
+            } else {
+                let mut kept = shared.stranded.lock();
+                for record in stranded.into_iter().rev() {
+                    kept.push_front(record);
+                }
             }
         }
         let pending = match spool.peek(config.batch_records_max, config.batch_bytes_max).await {

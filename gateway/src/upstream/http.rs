@@ -24,6 +24,9 @@ use crate::config::{UpstreamConfig, UpstreamKind};
 use crate::error::{ApiError, ErrorKind};
 use crate::policy::limits::ParsedRequest;
 
+/// Longest wait for an upstream's model list: `/v1/models` asks every wildcard upstream.
+const MODELS_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Anthropic API version sent when the client named none.
 const ANTHROPIC_VERSION_DEFAULT: &str = "2023-06-01";
 
@@ -180,7 +183,7 @@ impl HttpUpstream {
             .body(Full::new(Bytes::new()))
             .map_err(|error| ApiError::new(ErrorKind::Internal, error.to_string()))?;
         let unavailable = |error: String| ApiError::new(ErrorKind::UpstreamUnavailable, error);
-        let response = tokio::time::timeout(self.first_byte_timeout, self.client.request(request))
+        let response = tokio::time::timeout(MODELS_TIMEOUT, self.client.request(request))
             .await
             .map_err(|_| unavailable("timed out".into()))?
             .map_err(|error| unavailable(error.to_string()))?;

@@ -66,7 +66,14 @@ pub struct UpstreamResponse {
 #[derive(Debug)]
 pub enum ResponseBody {
     Http(Incoming),
-    Mock { chunks: VecDeque<Bytes>, first_delay: Duration, interval: Duration, started: bool },
+    /// The mock's chunks, each due at `next_at` (the first after `first_delay`). Reading is
+    /// cancel-safe: a chunk leaves the queue only once it is due and returned.
+    Mock {
+        chunks: VecDeque<Bytes>,
+        first_delay: Duration,
+        interval: Duration,
+        next_at: Option<tokio::time::Instant>,
+    },
 }
 
 impl Upstreams {
@@ -164,7 +171,7 @@ impl Upstream {
                         chunks: response.chunks,
                         first_delay: response.first_delay,
                         interval: response.interval,
-                        started: false,
+                        next_at: None,
                     },
                 })
             }
@@ -193,14 +200,14 @@ impl ResponseBody {
                     }
                 }
             },
-            Self::Mock { chunks, first_delay, interval, started } => {
-                let delay = if *started { *interval } else { *first_delay };
-                *started = true;
-                let chunk = chunks.pop_front()?;
-                if !delay.is_zero() {
-                    tokio::time::sleep(delay).await;
+            Self::Mock { chunks, first_delay, interval, next_at } => {
+                if chunks.is_empty() {
+                    return None;
                 }
-                Some(Ok(chunk))
+                let due = *next_at.get_or_insert_with(|| tokio::time::Instant::now() + *first_delay);
+                tokio::time::sleep_until(due).await;
+                *next_at = Some(tokio::time::Instant::now() + *interval);
+                chunks.pop_front().map(Ok)
             }
         }
     }

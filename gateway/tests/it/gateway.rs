@@ -78,6 +78,21 @@ async fn requests_allowed_and_refused_each_land_in_the_ledger_with_a_verifying_p
         refused.push((reply.record_id(), status, reason));
     }
 
+    // An extension method thousands of bytes long: refused, recorded with its first 16 bytes.
+    let long_method = "A".repeat(3_000);
+    let mut stream = tokio::net::TcpStream::connect(gateway.address).await.expect("connect");
+    let raw = format!("{long_method} /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n");
+    tokio::io::AsyncWriteExt::write_all(&mut stream, raw.as_bytes()).await.expect("write");
+    let mut response = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut response).await.expect("read");
+    assert!(response.starts_with("HTTP/1.1 405"), "{response}");
+    let long_method_record = response
+        .lines()
+        .find_map(|line| line.strip_prefix("x-aegis-record-id: "))
+        .expect("record id")
+        .trim()
+        .to_owned();
+
     let record = proven_record(&ledger, &allowed).await;
     assert_eq!((record.tenant.as_str(), record.credential_id.as_str()), ("alpha", "alpha-app"));
     assert_eq!(
@@ -102,6 +117,10 @@ async fn requests_allowed_and_refused_each_land_in_the_ledger_with_a_verifying_p
         }
         assert!(record.tenant.is_empty() || record.tenant == "alpha");
     }
+
+    let record = proven_record(&ledger, &long_method_record).await;
+    assert_eq!(record.method, "A".repeat(16));
+    assert_eq!(record.status_code, 405);
 
     // The gateway's own lookup returns the record with a proof that verifies.
     let lookup = get(&gateway.url(&format!("/v1/audit/records/{allowed}")), Some(KEY_ALPHA)).await;
