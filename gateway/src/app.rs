@@ -30,6 +30,7 @@ pub struct App {
     /// For `GET /v1/audit/records/{id}`.
     pub ledger: LedgerNodes,
     pub metrics: Metrics,
+    pub waf: Arc<crate::waf::Waf>,
     /// How long a `strict` response waits for the ledger.
     pub strict_timeout: Duration,
     /// Longest a client may take to send a request body.
@@ -60,7 +61,10 @@ impl App {
             &config.audit.ledger_endpoints,
             Duration::from_millis(config.audit.append_timeout_ms),
         )?;
+        let waf = Arc::new(crate::waf::Waf::new(&config.waf)?);
+        waf.watch(Duration::from_millis(config.waf.reload_interval_ms));
         Ok(Self {
+            waf,
             gateway_id: Arc::from(config.gateway_id.as_str()),
             limits: config.limits.clone(),
             auth: Authenticator::new(config),

@@ -34,6 +34,8 @@ pub struct Config {
     pub credentials: Vec<CredentialConfig>,
     pub audit: AuditConfig,
     #[serde(default)]
+    pub waf: WafConfig,
+    #[serde(default)]
     pub shutdown: ShutdownConfig,
     #[serde(default)]
     pub log: LogConfig,
@@ -173,6 +175,54 @@ pub struct TenantConfig {
     /// Streaming responses open at once for this tenant. More: 429.
     #[serde(default = "default_tenant_streams_max")]
     pub streams_max: usize,
+    /// The tenant's WAF policy: `[tenants.waf]`.
+    #[serde(default)]
+    pub waf: WafTenantConfig,
+}
+
+/// The WAF shared by all tenants: its rule file and bounds.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WafConfig {
+    /// The rule file (see `gateway/waf/rules.toml`); absent: the rules built into the gateway.
+    pub rules_file: Option<PathBuf>,
+    /// How often the rule file is checked for changes; a changed valid file replaces the
+    /// rules without dropping connections.
+    pub reload_interval_ms: u64,
+    /// Text bytes inspected per request at most; beyond it the request fails closed (403)
+    /// unless its tenant's WAF is fail-open.
+    pub inspect_bytes_max: usize,
+    /// Bytes decoded from embedded base64/percent/HTML-entity segments per text at most.
+    pub decoded_bytes_max: usize,
+    /// Nesting of encodings decoded (base64 inside base64...).
+    pub decode_depth_max: u8,
+    /// Size of the normalized form of one text at most.
+    pub normalized_bytes_max: usize,
+}
+
+/// A tenant's WAF policy.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WafTenantConfig {
+    pub mode: WafMode,
+    /// When a body cannot be inspected (over the byte budget, unreadable): refuse (`closed`)
+    /// or let it through flagged `fail_open` in its audit record (`open`).
+    pub on_error: FailureMode,
+    /// Actions overriding the rule file's defaults, by rule id or category, e.g.
+    /// `{ "pii.email" = "log", "prompt_injection" = "block", "pci" = "redact" }`.
+    pub actions: std::collections::HashMap<String, crate::waf::rules::Action>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WafMode {
+    /// Decisions are applied: blocks refuse, redactions rewrite.
+    #[default]
+    Enforce,
+    /// Decisions are only recorded in the audit record.
+    Shadow,
+    /// No inspection.
+    Off,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -590,6 +640,29 @@ impl Default for LimitsConfig {
 impl Default for MockConfig {
     fn default() -> Self {
         Self { first_token_latency_ms: 0, chunk_count: 8, chunk_interval_ms: 0, embedding_dimensions: 8 }
+    }
+}
+
+impl Default for WafConfig {
+    fn default() -> Self {
+        Self {
+            rules_file: None,
+            reload_interval_ms: 2_000,
+            inspect_bytes_max: 1024 * 1024,
+            decoded_bytes_max: 64 * 1024,
+            decode_depth_max: 2,
+            normalized_bytes_max: 2 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for WafTenantConfig {
+    fn default() -> Self {
+        Self {
+            mode: WafMode::Enforce,
+            on_error: FailureMode::Closed,
+            actions: std::collections::HashMap::new(),
+        }
     }
 }
 

@@ -18,5 +18,6 @@ pub mod proxy;
 pub mod server;
 pub mod telemetry;
 pub mod upstream;
+pub mod waf;
 
 pub use crate::server::{run, serve};

@@ -36,6 +36,10 @@ pub struct Metrics {
     pub streams_open: Gauge,
     /// Connections the smuggling guard closed with 400.
     pub smuggling_refusals_total: Counter,
+    /// WAF rule matches by action (`block`, `redact`, `log`, and `shadow` for shadow mode).
+    waf_decisions_total: Family<ActionLabels, Counter>,
+    /// Bodies the WAF could not inspect (over budget, unreadable).
+    pub waf_errors_total: Counter,
     pub audit_records_submitted_total: Counter,
     /// Records the ledger acknowledged (directly or from the spool).
     pub audit_records_acknowledged_total: Counter,
@@ -60,6 +64,7 @@ pub struct Metrics {
 pub enum Stage {
     Limits,
     Auth,
+    Waf,
     RateLimit,
 }
 
@@ -77,6 +82,11 @@ struct StageLabels {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct UpstreamLabels {
     upstream: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ActionLabels {
+    action: &'static str,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -102,6 +112,8 @@ impl Metrics {
             rate_limit_rejections_total: Family::default(),
             streams_open: Gauge::default(),
             smuggling_refusals_total: Counter::default(),
+            waf_decisions_total: Family::default(),
+            waf_errors_total: Counter::default(),
             audit_records_submitted_total: Counter::default(),
             audit_records_acknowledged_total: Counter::default(),
             audit_records_spooled_total: Counter::default(),
@@ -139,6 +151,8 @@ impl Metrics {
             metrics.rate_limit_rejections_total.clone(),
         );
         registry.register("streams_open", "Streaming responses open now", metrics.streams_open.clone());
+        registry.register("waf_decisions", "WAF rule matches by action", metrics.waf_decisions_total.clone());
+        registry.register("waf_errors", "Bodies the WAF could not inspect", metrics.waf_errors_total.clone());
         registry.register(
             "smuggling_refusals",
             "Requests the smuggling guard refused (400, connection closed)",
@@ -210,6 +224,7 @@ impl Metrics {
         let stage = match stage {
             Stage::Limits => "limits",
             Stage::Auth => "auth",
+            Stage::Waf => "waf",
             Stage::RateLimit => "rate_limit",
         };
         self.stage_duration_seconds.get_or_create(&StageLabels { stage }).observe(seconds);
@@ -221,6 +236,10 @@ impl Metrics {
         self.upstream_duration_seconds
             .get_or_create(&UpstreamLabels { upstream: upstream.to_owned() })
             .clone()
+    }
+
+    pub fn waf_decision(&self, action: &'static str) {
+        self.waf_decisions_total.get_or_create(&ActionLabels { action }).inc();
     }
 
     pub fn rate_limited(&self, dimension: &'static str) {

@@ -63,6 +63,7 @@ pub fn governed_router(app: Arc<App>) -> Router {
         .route("/v1/audit/records/{record_id}", get(audit::lookup::get_record))
         // Layers run bottom-up on the way in: limits, then auth, then the rate limit.
         .route_layer(middleware::from_fn_with_state(app.clone(), rate_limit))
+        .route_layer(middleware::from_fn_with_state(app.clone(), inspect))
         .route_layer(middleware::from_fn_with_state(app.clone(), authenticate))
         .route_layer(middleware::from_fn_with_state(app.clone(), enforce_limits))
         .fallback(not_found)
@@ -210,6 +211,98 @@ async fn authenticate(State(app): State<Arc<App>>, mut request: Request, next: N
     request.extensions_mut().insert(credential);
     app.metrics.observe_stage(Stage::Auth, started.elapsed().as_secs_f64());
     next.run(request).await
+}
+
+/// The WAF over every text the model will read: block (403), redact (the body goes on with
+/// placeholders) or log, as the tenant's policy says; every match goes into the audit record.
+async fn inspect(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let draft = draft_of(&request);
+    let (route, flavor) = draft.update(|fields| (fields.route, fields.flavor));
+    let Some(api) = route_api(route) else { return next.run(request).await };
+    let Some(parsed) = request.extensions().get::<ParsedRequest>() else { return next.run(request).await };
+    let Some(credential) = request.extensions().get::<Arc<crate::policy::auth::Credential>>() else {
+        return ApiError::new(ErrorKind::Internal, "the WAF ran before authentication").into_response();
+    };
+    let policy = &credential.tenant.waf;
+    let inspection = app.waf.inspect_request(api, &parsed.body, policy);
+    app.metrics.observe_stage(Stage::Waf, started.elapsed().as_secs_f64());
+    let inspection = match inspection {
+        Ok(inspection) => inspection,
+        Err(error) => {
+            app.metrics.waf_errors_total.inc();
+            if policy.on_error == crate::config::FailureMode::Open {
+                draft.update(|fields| fields.fail_open = true);
+                return next.run(request).await;
+            }
+            return ApiError::new(
+                ErrorKind::PermissionDenied,
+                format!("the request could not be inspected and this organization's policy refuses uninspected requests: {error}"),
+            )
+            .into_response_for(flavor);
+        }
+    };
+    record_hits(&app, &draft, &inspection);
+    match inspection.verdict {
+        crate::waf::Verdict::Allow => next.run(request).await,
+        crate::waf::Verdict::Block { rule_id } => ApiError::new(
+            ErrorKind::PermissionDenied,
+            format!("the request was blocked by content policy rule {rule_id}"),
+        )
+        .into_response_for(flavor),
+        crate::waf::Verdict::Redacted(body) => {
+            let mut parsed = parsed.clone();
+            parsed.body = body.clone();
+            request.extensions_mut().insert(parsed);
+            *request.body_mut() = Body::from(body);
+            next.run(request).await
+        }
+    }
+}
+
+/// Writes WAF hits into the audit record and the metrics.
+pub fn record_hits(app: &App, draft: &Draft, inspection: &crate::waf::Inspection) {
+    if inspection.hits.is_empty() {
+        return;
+    }
+    draft.update(|fields| {
+        for hit in &inspection.hits {
+            let action = match hit.action {
+                crate::waf::rules::Action::Block => v1::WafAction::Block,
+                crate::waf::rules::Action::Redact => v1::WafAction::Redact,
+                crate::waf::rules::Action::Log => v1::WafAction::Log,
+            };
+            app.metrics.waf_decision(if inspection.shadow {
+                "shadow"
+            } else {
+                match hit.action {
+                    crate::waf::rules::Action::Block => "block",
+                    crate::waf::rules::Action::Redact => "redact",
+                    crate::waf::rules::Action::Log => "log",
+                }
+            });
+            fields.waf_hits.push(v1::WafHit {
+                rule_id: hit.rule_id.clone(),
+                category: hit.category.clone(),
+                action: action.into(),
+                count: hit.count,
+                location: hit.location.clone(),
+                shadow: inspection.shadow,
+            });
+        }
+    });
+}
+
+/// The model API a route template serves.
+fn route_api(route: &str) -> Option<crate::upstream::Api> {
+    use crate::upstream::Api;
+    match route {
+        "/v1/chat/completions" => Some(Api::ChatCompletions),
+        "/v1/completions" => Some(Api::Completions),
+        "/v1/embeddings" => Some(Api::Embeddings),
+        "/v1/messages" => Some(Api::Messages),
+        _ => None,
+    }
 }
 
 /// Request and token rate limits of the credential.

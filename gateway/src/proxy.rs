@@ -163,6 +163,11 @@ async fn proxy(
     if response.status.is_success() {
         analyzer.feed_json(&body);
     }
+    let body = if response.status.is_success() && api != Api::Embeddings {
+        redact_response(&app, &draft, api, body)
+    } else {
+        body
+    };
     let upstream_latency_us = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
     settle(&app, &slot, &analyzer, &parsed);
     draft.update(|fields| {
@@ -177,6 +182,28 @@ async fn proxy(
     *reply.status_mut() = response.status;
     reply.headers_mut().insert(CONTENT_TYPE, content_type);
     reply
+}
+
+/// Applies the tenant's WAF redactions to a whole response; an uninspectable response goes
+/// out unchanged (counted), since what it says was already generated.
+fn redact_response(app: &App, draft: &Draft, api: Api, body: Bytes) -> Bytes {
+    let tenant =
+        draft.update(|fields| fields.credential.as_ref().map(|credential| credential.tenant.clone()));
+    let Some(tenant) = tenant else { return body };
+    match app.waf.inspect_response(api, &body, &tenant.waf) {
+        Ok(inspection) => {
+            crate::pipeline::record_hits(app, draft, &inspection);
+            match inspection.verdict {
+                crate::waf::Verdict::Redacted(redacted) => redacted,
+                _ => body,
+            }
+        }
+        Err(error) => {
+            app.metrics.waf_errors_total.inc();
+            tracing::debug!(%error, "the WAF could not inspect a response");
+            body
+        }
+    }
 }
 
 /// Takes a stream permit of the gateway and of the tenant, or refuses with 429.
@@ -282,6 +309,14 @@ impl StreamTask {
         let keepalive = self.app.stream_keepalive;
         // The end of the previous chunk, so a terminal marker split across chunks is found.
         let mut tail: Vec<u8> = Vec::new();
+        // Sensitive data in the model's text is redacted over a sliding window when the
+        // tenant's WAF policy redacts responses.
+        let policy = self
+            .draft
+            .update(|fields| fields.credential.as_ref().map(|credential| credential.tenant.waf.clone()));
+        let mut redactor = policy
+            .filter(|policy| self.app.waf.redacts_responses(policy))
+            .map(|policy| crate::waf::stream::StreamRedactor::new(self.app.waf.clone(), policy, self.flavor));
         loop {
             let next = tokio::select! {
                 next = tokio::time::timeout_at(self.deadline, body.next_chunk()) => next,
@@ -318,17 +353,28 @@ impl StreamTask {
             };
             first_chunk = false;
             analyzer.feed_sse(&chunk);
-            hasher.update(&chunk);
-            response_bytes += chunk.len() as u64;
-            if gated && (!held.is_empty() || is_terminal(&tail, &chunk, self.flavor)) {
-                held.push(chunk);
-                continue;
-            }
-            keep_tail(&mut tail, &chunk);
-            if self.sender.send(Ok(chunk)).await.is_err() {
+            let outgoing = match &mut redactor {
+                Some(redactor) => redactor.push(&chunk),
+                None => vec![chunk],
+            };
+            if !self.relay(outgoing, gated, &mut held, &mut tail, &mut hasher, &mut response_bytes).await {
                 // The client went away: dropping the upstream body cancels the upstream request.
                 status = STATUS_CLIENT_CLOSED;
                 break;
+            }
+        }
+        if let Some(redactor) = &mut redactor {
+            let rest = redactor.finish();
+            if status != STATUS_CLIENT_CLOSED
+                && !self.relay(rest, gated, &mut held, &mut tail, &mut hasher, &mut response_bytes).await
+            {
+                status = STATUS_CLIENT_CLOSED;
+            }
+            let hits = redactor.hits();
+            if !hits.is_empty() {
+                let inspection =
+                    crate::waf::Inspection { hits, verdict: crate::waf::Verdict::Allow, shadow: false };
+                crate::pipeline::record_hits(&self.app, &self.draft, &inspection);
             }
         }
         drop(body);
@@ -372,6 +418,34 @@ impl StreamTask {
         }
         self.app.metrics.streams_open.dec();
         drop(self.permits);
+    }
+}
+
+impl StreamTask {
+    /// Sends chunks to the client, hashing what it receives; in `durable`/`strict` mode the
+    /// terminal event and everything after it is held. Returns false when the client is gone.
+    async fn relay(
+        &self,
+        chunks: Vec<Bytes>,
+        gated: bool,
+        held: &mut Vec<Bytes>,
+        tail: &mut Vec<u8>,
+        hasher: &mut Sha256,
+        response_bytes: &mut u64,
+    ) -> bool {
+        for chunk in chunks {
+            hasher.update(&chunk);
+            *response_bytes += chunk.len() as u64;
+            if gated && (!held.is_empty() || is_terminal(tail, &chunk, self.flavor)) {
+                held.push(chunk);
+                continue;
+            }
+            keep_tail(tail, &chunk);
+            if self.sender.send(Ok(chunk)).await.is_err() {
+                return false;
+            }
+        }
+        true
     }
 }
 

@@ -62,6 +62,8 @@ pub struct DraftFields {
     pub analysis: Option<v1::ResponseAnalysis>,
     /// The request went on although a policy component failed (fail-open).
     pub fail_open: bool,
+    /// WAF rules that matched, request then response.
+    pub waf_hits: Vec<v1::WafHit>,
 }
 
 /// How the response ended, as the audit record states it.
@@ -189,7 +191,7 @@ impl Draft {
             response_bytes: outcome.response_bytes,
             streamed: fields.streamed,
             policy: Some(v1::PolicyDecisions {
-                waf_hits: Vec::new(),
+                waf_hits: std::mem::take(&mut fields.waf_hits),
                 rate_limit: fields.rate_limit,
                 audit_mode: match mode {
                     AuditModeConfig::Async => v1::AuditMode::Async,

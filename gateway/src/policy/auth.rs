@@ -24,6 +24,7 @@ pub struct Tenant {
     /// Permits for this tenant's open streams (`streams_max`).
     pub streams: Arc<Semaphore>,
     pub streams_max: usize,
+    pub waf: crate::waf::Policy,
 }
 
 /// A configured API credential, as authentication found it.
@@ -77,6 +78,7 @@ impl Authenticator {
                     on_audit_failure: tenant.on_audit_failure,
                     streams: Arc::new(Semaphore::new(tenant.streams_max)),
                     streams_max: tenant.streams_max,
+                    waf: crate::waf::Policy::new(&tenant.waf, config.waf.inspect_bytes_max),
                 };
                 (tenant.id.as_str(), Arc::new(shared))
             })

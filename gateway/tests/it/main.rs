@@ -8,3 +8,4 @@ mod spool;
 mod spool_model;
 mod support;
 mod upstreams;
+mod waf;

@@ -1,0 +1,241 @@
+//! Redaction of streamed responses over a bounded sliding window. Sensitive data can straddle
+//! the events of a stream ("bob@exa" | "mple.com"), so the text of content events is collected
+//! in a window and only the part that no match can still reach is released: everything but the
+//! last [`WINDOW_BYTES`], cut before any finding that crosses that line. Released text is
+//! redacted and sent in an event built from the upstream's own event; other events (role,
+//! finish reason, usage, end of stream) flush the window first and pass unchanged. The client
+//! sees the same stream, with text delayed by at most the window and possibly regrouped.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde_json::Value;
+
+use super::detectors::Detectors;
+use super::{Hit, Policy, Waf, detector_rule_id, rules::Action};
+use crate::error::Flavor;
+
+/// Text held back: longer than the sensitive values the detectors find in practice (IBANs,
+/// cards, phone numbers, most addresses and keys), so they cannot straddle the released part
+/// and the rest. The price is latency: a stream's text reaches the client this many bytes
+/// (some 30 tokens) late. A longer match (a JWT, a very long address) whose start was already
+/// released is redacted only in its unreleased part.
+pub const WINDOW_BYTES: usize = 128;
+
+/// Longest event kept while waiting for its end; a longer one is passed through as it is.
+const EVENT_BYTES_MAX: usize = 256 * 1024;
+
+/// Rewrites one stream.
+#[derive(Debug)]
+pub struct StreamRedactor {
+    waf: Arc<Waf>,
+    policy: Policy,
+    flavor: Flavor,
+    /// Bytes of an event not yet complete.
+    partial: Vec<u8>,
+    /// Text of content events not yet released.
+    window: String,
+    /// The last content event, as the template released text is sent in.
+    template: Option<Value>,
+    /// Redactions per rule id.
+    counts: BTreeMap<&'static str, u32>,
+}
+
+impl StreamRedactor {
+    pub fn new(waf: Arc<Waf>, policy: Policy, flavor: Flavor) -> Self {
+        Self {
+            waf,
+            policy,
+            flavor,
+            partial: Vec::new(),
+            window: String::new(),
+            template: None,
+            counts: BTreeMap::new(),
+        }
+    }
+
+    /// Takes the next upstream chunk; returns the bytes to send now.
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        self.partial.extend_from_slice(chunk);
+        while let Some(end) = find_event_end(&self.partial) {
+            let event: Vec<u8> = self.partial.drain(..end).collect();
+            self.event(&event, &mut out);
+        }
+        if self.partial.len() > EVENT_BYTES_MAX {
+            self.flush(&mut out);
+            out.push(Bytes::from(std::mem::take(&mut self.partial)));
+        }
+        out
+    }
+
+    /// The end of the upstream stream: everything held goes out.
+    pub fn finish(&mut self) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        self.flush(&mut out);
+        if !self.partial.is_empty() {
+            out.push(Bytes::from(std::mem::take(&mut self.partial)));
+        }
+        out
+    }
+
+    /// What was redacted, for the audit record.
+    pub fn hits(&self) -> Vec<Hit> {
+        let rules = self.waf.rules();
+        self.counts
+            .iter()
+            .map(|(rule_id, count)| Hit {
+                rule_id: (*rule_id).to_owned(),
+                category: rules.detectors.get(*rule_id).map(|rule| rule.category.clone()).unwrap_or_default(),
+                action: Action::Redact,
+                count: *count,
+                location: "response:stream".to_owned(),
+            })
+            .collect()
+    }
+
+    fn event(&mut self, event: &[u8], out: &mut Vec<Bytes>) {
+        match self.content(event) {
+            Some((text, template)) => {
+                self.window.push_str(&text);
+                self.template = Some(template);
+                self.release(false, out);
+            }
+            None => {
+                self.flush(out);
+                out.push(Bytes::copy_from_slice(event));
+            }
+        }
+    }
+
+    fn flush(&mut self, out: &mut Vec<Bytes>) {
+        self.release(true, out);
+    }
+
+    /// Releases the window's text up to the safe cut (all of it when `everything`).
+    fn release(&mut self, everything: bool, out: &mut Vec<Bytes>) {
+        if self.window.is_empty() {
+            return;
+        }
+        let findings = self.waf.redactable_findings(&self.window, &self.policy);
+        let mut cut =
+            if everything { self.window.len() } else { self.window.len().saturating_sub(WINDOW_BYTES) };
+        for finding in &findings {
+            if finding.start < cut && finding.end > cut {
+                cut = finding.start;
+            }
+        }
+        while !self.window.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        if cut == 0 {
+            return;
+        }
+        let released: Vec<_> = findings.into_iter().filter(|finding| finding.end <= cut).collect();
+        for finding in &released {
+            *self.counts.entry(detector_rule_id(finding.kind)).or_insert(0) += 1;
+        }
+        let text: String = self.window.drain(..cut).collect();
+        let text = if released.is_empty() { text } else { Detectors::redact(&text, &released) };
+        if let Some(template) = &self.template {
+            out.push(self.render(template, &text));
+        }
+    }
+
+    /// The text of a content event and the event itself, or `None` for other events.
+    fn content(&self, event: &[u8]) -> Option<(String, Value)> {
+        let data = event
+            .split(|&byte| byte == b'\n')
+            .find_map(|line| line.strip_prefix(b"data:"))
+            .map(<[u8]>::trim_ascii)?;
+        let value: Value = serde_json::from_slice(data).ok()?;
+        let text = match self.flavor {
+            Flavor::OpenAi => value.pointer("/choices/0/delta/content")?.as_str()?,
+            Flavor::Anthropic => {
+                if value.get("type")?.as_str()? != "content_block_delta" {
+                    return None;
+                }
+                value.pointer("/delta/text")?.as_str()?
+            }
+        };
+        if text.is_empty() {
+            return None;
+        }
+        Some((text.to_owned(), value))
+    }
+
+    /// An event like `template` carrying `text`.
+    fn render(&self, template: &Value, text: &str) -> Bytes {
+        let mut event = template.clone();
+        let pointer = match self.flavor {
+            Flavor::OpenAi => "/choices/0/delta/content",
+            Flavor::Anthropic => "/delta/text",
+        };
+        if let Some(slot) = event.pointer_mut(pointer) {
+            *slot = Value::String(text.to_owned());
+        }
+        let prefix = match self.flavor {
+            Flavor::OpenAi => "",
+            Flavor::Anthropic => "event: content_block_delta\n",
+        };
+        Bytes::from(format!("{prefix}data: {event}\n\n"))
+    }
+}
+
+/// The length of the first complete event (through its blank line) in `bytes`.
+fn find_event_end(bytes: &[u8]) -> Option<usize> {
+    let lf = bytes.windows(2).position(|window| window == b"\n\n").map(|at| at + 2);
+    let crlf = bytes.windows(4).position(|window| window == b"\r\n\r\n").map(|at| at + 4);
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{WafConfig, WafTenantConfig};
+
+    fn redactor() -> StreamRedactor {
+        let waf = Arc::new(Waf::new(&WafConfig::default()).expect("rules"));
+        StreamRedactor::new(waf, Policy::new(&WafTenantConfig::default(), 1 << 20), Flavor::OpenAi)
+    }
+
+    fn delta(text: &str) -> String {
+        format!("data: {}\n\n", serde_json::json!({"choices": [{"index": 0, "delta": {"content": text}}]}))
+    }
+
+    #[test]
+    fn an_address_split_across_events_and_chunks_is_redacted() {
+        let stream = [
+            delta("Contact bob@exa"),
+            delta("mple.com today"),
+            delta(" please."),
+            "data: [DONE]\n\n".to_owned(),
+        ]
+        .concat();
+        for split in [1, 7, 50, stream.len()] {
+            let mut redactor = redactor();
+            let mut out = Vec::new();
+            for chunk in stream.as_bytes().chunks(split) {
+                out.extend(redactor.push(chunk));
+            }
+            out.extend(redactor.finish());
+            let sent = String::from_utf8(out.concat()).expect("utf-8");
+            assert!(!sent.contains("bob@"), "split {split}: {sent}");
+            let text: String = sent
+                .split("\n\n")
+                .filter_map(|event| event.strip_prefix("data: "))
+                .filter_map(|data| serde_json::from_str::<Value>(data).ok())
+                .filter_map(|value| {
+                    value.pointer("/choices/0/delta/content").and_then(Value::as_str).map(str::to_owned)
+                })
+                .collect();
+            assert_eq!(text, "Contact [REDACTED:EMAIL] today please.", "split {split}");
+            assert!(sent.ends_with("data: [DONE]\n\n"));
+            assert_eq!(redactor.hits()[0].rule_id, "pii.email");
+        }
+    }
+}
