@@ -1,10 +1,11 @@
 //! Redaction of streamed responses over a bounded sliding window. Sensitive data can straddle
-//! the events of a stream ("bob@exa" | "mple.com"), so the text of content events is collected
-//! in a window and only the part that no match can still reach is released: everything but the
-//! last [`WINDOW_BYTES`], cut before any finding that crosses that line. Released text is
-//! redacted and sent in an event built from the upstream's own event; other events (role,
-//! finish reason, usage, end of stream) flush the window first and pass unchanged. The client
-//! sees the same stream, with text delayed by at most the window and possibly regrouped.
+//! the events of a stream ("bob@exa" | "mple.com"), so content events are held while their
+//! text is within the last [`WINDOW_BYTES`] of the stream's text, and released once no match can
+//! still reach them (never splitting a match between released and held events). Each released
+//! event keeps its place and shape; only its text changes where a match lies: the placeholder
+//! goes into the event where the match starts, and the match's rest is removed from the events
+//! after it. Other events (role, finish reason, usage, end of stream) release everything held
+//! first and pass unchanged. The client sees the same events, text delayed by the window.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,7 +13,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::detectors::Detectors;
 use super::{Hit, Policy, Waf, detector_rule_id, rules::Action};
 use crate::error::Flavor;
 
@@ -36,8 +36,8 @@ pub struct StreamRedactor {
     partial: Vec<u8>,
     /// Text of content events not yet released.
     window: String,
-    /// The last content event, as the template released text is sent in.
-    template: Option<Value>,
+    /// The held content events, in order, with the end of each one's text in `window`.
+    held: std::collections::VecDeque<(Value, usize)>,
     /// Redactions per rule id.
     counts: BTreeMap<&'static str, u32>,
 }
@@ -50,7 +50,7 @@ impl StreamRedactor {
             flavor,
             partial: Vec::new(),
             window: String::new(),
-            template: None,
+            held: std::collections::VecDeque::new(),
             counts: BTreeMap::new(),
         }
     }
@@ -99,7 +99,7 @@ impl StreamRedactor {
         match self.content(event) {
             Some((text, template)) => {
                 self.window.push_str(&text);
-                self.template = Some(template);
+                self.held.push_back((template, self.window.len()));
                 self.release(false, out);
             }
             None => {
@@ -113,22 +113,23 @@ impl StreamRedactor {
         self.release(true, out);
     }
 
-    /// Releases the window's text up to the safe cut (all of it when `everything`).
+    /// Releases the held events that no match can still reach (all of them when `everything`).
     fn release(&mut self, everything: bool, out: &mut Vec<Bytes>) {
-        if self.window.is_empty() {
+        if self.held.is_empty() {
             return;
         }
         let findings = self.waf.redactable_findings(&self.window, &self.policy);
-        let mut cut =
+        let limit =
             if everything { self.window.len() } else { self.window.len().saturating_sub(WINDOW_BYTES) };
-        for finding in &findings {
-            if finding.start < cut && finding.end > cut {
-                cut = finding.start;
-            }
-        }
-        while !self.window.is_char_boundary(cut) {
-            cut -= 1;
-        }
+        // The last event end within the limit that no finding straddles.
+        let cut = self
+            .held
+            .iter()
+            .map(|(_, end)| *end)
+            .filter(|&end| end <= limit)
+            .filter(|&end| !findings.iter().any(|finding| finding.start < end && finding.end > end))
+            .next_back()
+            .unwrap_or(0);
         if cut == 0 {
             return;
         }
@@ -136,10 +137,19 @@ impl StreamRedactor {
         for finding in &released {
             *self.counts.entry(detector_rule_id(finding.kind)).or_insert(0) += 1;
         }
-        let text: String = self.window.drain(..cut).collect();
-        let text = if released.is_empty() { text } else { Detectors::redact(&text, &released) };
-        if let Some(template) = &self.template {
-            out.push(self.render(template, &text));
+        let mut start = 0;
+        while let Some((_, end)) = self.held.front() {
+            if *end > cut {
+                break;
+            }
+            let (template, end) = self.held.pop_front().expect("checked above");
+            let text = redact_slice(&self.window, start, end, &released);
+            out.push(self.render(&template, &text));
+            start = end;
+        }
+        self.window.drain(..cut);
+        for (_, end) in &mut self.held {
+            *end -= cut;
         }
     }
 
@@ -181,6 +191,25 @@ impl StreamRedactor {
         };
         Bytes::from(format!("{prefix}data: {event}\n\n"))
     }
+}
+
+/// The text of `window[start..end]` with the findings redacted: a finding's placeholder goes
+/// where it starts, and its characters are removed wherever they are.
+fn redact_slice(window: &str, start: usize, end: usize, findings: &[super::detectors::Finding]) -> String {
+    let mut text = String::with_capacity(end - start);
+    let mut position = start;
+    for finding in findings.iter().filter(|finding| finding.start < end && finding.end > start) {
+        let from = finding.start.max(start);
+        text.push_str(&window[position.max(start)..from.max(position)]);
+        if finding.start >= start {
+            text.push_str(super::detectors::placeholder(finding.kind));
+        }
+        position = finding.end.min(end);
+    }
+    if position < end {
+        text.push_str(&window[position..end]);
+    }
+    text
 }
 
 /// The length of the first complete event (through its blank line) in `bytes`.
