@@ -127,8 +127,7 @@ impl StreamRedactor {
             .iter()
             .map(|(_, end)| *end)
             .filter(|&end| end <= limit)
-            .filter(|&end| !findings.iter().any(|finding| finding.start < end && finding.end > end))
-            .next_back()
+            .rfind(|&end| !findings.iter().any(|finding| finding.start < end && finding.end > end))
             .unwrap_or(0);
         if cut == 0 {
             return;
