@@ -35,7 +35,10 @@ fn full_record() -> AuditRecord {
             waf_hits: vec![WafHit {
                 rule_id: "pii-email-001".to_owned(),
                 category: "pii".to_owned(),
-                action: WafAction::Log.into(),
+                action: WafAction::Redact.into(),
+                count: 2,
+                location: "request:messages[0].content".to_owned(),
+                shadow: false,
             }],
             rate_limit: Some(RateLimitDecision {
                 outcome: RateLimitOutcome::Allowed.into(),
