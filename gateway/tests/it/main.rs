@@ -1,6 +1,8 @@
 //! The gateway's integration tests: one binary (see STYLE.md).
 
 mod delivery;
+mod detectors;
+mod detectors_prop;
 mod gateway;
 mod sdk;
 mod smuggling;
