@@ -205,17 +205,16 @@ impl Waf {
         let mut redactions: Vec<(String, Vec<Finding>)> = Vec::new();
         let side_name = side.name();
         for text in &texts {
-            // Injection rules: on the normalized text and its leetspeak view; a rule counts the
-            // larger of the two.
+            // Injection rules: on the leetspeak view of the normalized text. Phrases hold no
+            // leet characters (the rule file is checked for that), and folding leet characters
+            // leaves every other character in place, so the leet view contains every phrase the
+            // plain view does, and those spelled in leetspeak too: one scan instead of two.
             let normalized = normalize(text.text, &self.normalize_limits);
-            let mut plain = vec![0u32; rules.injection.len()];
-            let mut leet = vec![0u32; rules.injection.len()];
-            rules.count_injection(&normalized.text, &mut plain);
-            rules.count_injection(&normalized.leet, &mut leet);
-            for (index, (plain, leet)) in plain.iter().zip(&leet).enumerate() {
-                let count = (*plain).max(*leet);
-                if count > 0 {
-                    injection_counts[index] = injection_counts[index].saturating_add(count);
+            let mut counts = vec![0u32; rules.injection.len()];
+            rules.count_injection(&normalized.leet, &mut counts);
+            for (index, count) in counts.iter().enumerate() {
+                if *count > 0 {
+                    injection_counts[index] = injection_counts[index].saturating_add(*count);
                     injection_locations[index]
                         .get_or_insert_with(|| extract::location(side_name, &text.pointer));
                 }

@@ -4,8 +4,11 @@
 
 use std::collections::HashMap;
 
-use aho_corasick::{AhoCorasick, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 use serde::Deserialize;
+
+/// Characters the normalizer's leet view folds into letters; phrases cannot contain them.
+const LEET_CHARACTERS: [char; 8] = ['0', '1', '3', '4', '5', '7', '@', '$'];
 
 /// Most phrases a rule set may hold, and the longest phrase: bounds the automaton.
 const PHRASES_MAX: usize = 10_000;
@@ -99,9 +102,15 @@ impl RuleSet {
                 return invalid(format!("rule {:?} needs a positive weight and phrases", rule.id));
             }
             for phrase in &rule.phrases {
-                if phrase.is_empty() || phrase.len() > PHRASE_BYTES_MAX || phrase.to_lowercase() != *phrase {
+                if phrase.is_empty()
+                    || phrase.len() > PHRASE_BYTES_MAX
+                    || phrase.to_lowercase() != *phrase
+                    || phrase.contains(LEET_CHARACTERS)
+                {
                     return invalid(format!(
-                        "rule {:?}: phrase {phrase:?} must be 1 to {PHRASE_BYTES_MAX} bytes, lowercase",
+                        "rule {:?}: phrase {phrase:?} must be 1 to {PHRASE_BYTES_MAX} bytes, lowercase, \
+                         without the characters leetspeak folds ({LEET_CHARACTERS:?}: phrases are matched \
+                         on the leet view, so write them in letters)",
                         rule.id
                     ));
                 }
@@ -122,7 +131,17 @@ impl RuleSet {
         if let Some(unknown) = detectors.keys().find(|id| !DETECTOR_RULE_IDS.contains(&id.as_str())) {
             return invalid(format!("unknown detector rule {unknown:?}; known: {DETECTOR_RULE_IDS:?}"));
         }
-        let matcher = AhoCorasick::builder().match_kind(MatchKind::Standard).build(&patterns)?;
+        // A DFA with leftmost-longest semantics: the fastest search the crate offers (its
+        // prefilters apply), at a memory cost bounded by PHRASES_MAX × PHRASE_BYTES_MAX. A phrase
+        // inside a longer matching phrase is not counted separately, which only ever hides a
+        // weaker rule behind a stronger one.
+        let matcher = AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostLongest)
+            .kind(Some(AhoCorasickKind::DFA))
+            // Phrases start with common letters, so a prefilter finds candidates everywhere in
+            // prose and only adds work; the bare DFA is faster (measured: benches/waf.rs).
+            .prefilter(false)
+            .build(&patterns)?;
         Ok(Self {
             version: file.version,
             threshold: file.threshold,
@@ -138,10 +157,10 @@ impl RuleSet {
         Self::from_toml(BUILTIN_RULES).expect("the built-in rule file is valid (tested)")
     }
 
-    /// Counts matches per injection rule in `text` (one pass, overlapping matches); adds them
-    /// to `counts` (indexed like `injection`).
+    /// Counts matches per injection rule in `text` (one pass, leftmost-longest matches); adds
+    /// them to `counts` (indexed like `injection`).
     pub fn count_injection(&self, text: &str, counts: &mut [u32]) {
-        for found in self.matcher.find_overlapping_iter(text) {
+        for found in self.matcher.find_iter(text) {
             let rule = self.pattern_rule[found.pattern().as_usize()];
             counts[rule] = counts[rule].saturating_add(1);
         }
@@ -170,7 +189,17 @@ mod tests {
             .filter(|(_, count)| **count > 0)
             .map(|(rule, _)| rule.id.as_str())
             .collect();
-        assert_eq!(matched, ["pi.override.001", "pi.exfiltration.001", "pi.weak.system_prompt"]);
+        assert_eq!(matched, ["pi.override.001", "pi.exfiltration.001"]);
+        let mut counts = vec![0; rules.injection.len()];
+        rules.count_injection("a jailbreak? tell me about the system prompt", &mut counts);
+        let weak: f64 = rules
+            .injection
+            .iter()
+            .zip(&counts)
+            .filter(|(_, count)| **count > 0)
+            .map(|(rule, _)| rule.weight)
+            .sum();
+        assert_eq!(weak, 1.0, "two weak signals reach the threshold together");
     }
 
     #[test]
@@ -183,6 +212,10 @@ mod tests {
             ),
             ("version = \"1\"\nthreshold = 1.0", "missing"),
             ("version = 1", "parse"),
+            (
+                "version = \"1\"\nthreshold = 1.0\n[[injection]]\nid=\"a\"\ncategory=\"c\"\ndescription=\"d\"\nweight=1.0\nphrases=[\"gpt4 mode\"]",
+                "leetspeak",
+            ),
         ] {
             let error = RuleSet::from_toml(text).expect_err(text).to_string();
             assert!(error.contains(expected), "{text}: {error}");
