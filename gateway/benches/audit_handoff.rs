@@ -106,7 +106,7 @@ spool_dir = "{}"
             spool_dir.display()
         );
         let config = Config::from_toml(&text, "bench").expect("config");
-        let (sender, tasks) = sender::start(&config.audit, Metrics::new()).expect("sender");
+        let (sender, tasks) = sender::start(&config.audit, Metrics::new()).await.expect("sender");
         std::mem::forget(tasks);
         sender
     })

@@ -58,7 +58,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     let (audit, sender_tasks) =
-        sender::start(&config.audit, metrics.clone()).context("cannot start the audit sender")?;
+        sender::start(&config.audit, metrics.clone()).await.context("cannot start the audit sender")?;
     let app = Arc::new(App::new(&config, audit, metrics)?);
     let draining = Arc::new(AtomicBool::new(false));
     let router = Router::new()

@@ -129,15 +129,19 @@ impl std::fmt::Debug for SpoolCommand {
     }
 }
 
-/// Starts the sender: opens (and recovers) the spool, starts its thread, the batcher and the
-/// replayer. Must be called inside a tokio runtime.
-pub fn start(config: &AuditConfig, metrics: Metrics) -> Result<(AuditSender, SenderTasks), StartError> {
-    let (spool, report) = Spool::open(SpoolConfig {
+/// Starts the sender: opens (and recovers) the spool off the async runtime, starts its thread,
+/// the batcher and the replayer.
+pub async fn start(config: &AuditConfig, metrics: Metrics) -> Result<(AuditSender, SenderTasks), StartError> {
+    let spool_config = SpoolConfig {
         dir: config.spool_dir.clone(),
         segment_bytes_max: config.spool_segment_bytes_max,
         spool_bytes_max: config.spool_bytes_max,
         record_bytes_max: config.record_bytes_max,
-    })?;
+    };
+    // Recovery reads and checks up to spool_bytes_max of segments: blocking work.
+    let (spool, report) = tokio::task::spawn_blocking(move || Spool::open(spool_config))
+        .await
+        .map_err(|error| StartError::Thread(std::io::Error::other(error)))??;
     if report.dropped_torn_tail_bytes > 0 {
         tracing::warn!(
             dropped_bytes = report.dropped_torn_tail_bytes,
