@@ -25,10 +25,13 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if let Err(error) = gateway::telemetry::init_logging(&config.log) {
-        eprintln!("aegis-gateway: {error:#}");
-        return ExitCode::from(EXIT_CONFIG);
-    }
+    let _log_flush = match gateway::telemetry::init_logging(&config.log) {
+        Ok(guard) => guard,
+        Err(error) => {
+            eprintln!("aegis-gateway: {error:#}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let runtime =
         match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("aegis-gateway").build() {
             Ok(runtime) => runtime,

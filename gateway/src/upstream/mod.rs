@@ -46,7 +46,13 @@ pub struct Upstream {
     pub latency: Histogram,
     pub response_timeout: Duration,
     pub response_bytes_max: usize,
+    /// The upstream's own model list and when it was fetched: `/v1/models` asks it at most
+    /// once per [`MODELS_CACHE_TTL`].
+    models_cache: parking_lot::Mutex<Option<(std::time::Instant, Vec<String>)>>,
 }
+
+/// How long an upstream's model list is reused.
+const MODELS_CACHE_TTL: Duration = Duration::from_secs(60);
 
 #[derive(Debug)]
 enum Backend {
@@ -113,6 +119,7 @@ impl Upstream {
             latency: metrics.upstream_histogram(&config.name),
             response_timeout: Duration::from_millis(config.response_timeout_ms),
             response_bytes_max: config.response_bytes_max,
+            models_cache: parking_lot::Mutex::new(None),
         })
     }
 
@@ -131,14 +138,26 @@ impl Upstream {
             self.patterns.iter().filter(|pattern| !pattern.ends_with('*')).cloned().collect();
         let has_wildcard = self.patterns.iter().any(|pattern| pattern.ends_with('*'));
         if let (Backend::Http(http), true, UpstreamKind::Openai) = (&self.backend, has_wildcard, self.kind) {
-            match http.list_models().await {
-                Ok(listed) => {
-                    names.extend(listed.into_iter().filter(|model| self.serves(model)));
-                }
-                Err(error) => {
-                    tracing::warn!(upstream = %self.name, %error, "cannot list the upstream's models")
-                }
-            }
+            let cached = self
+                .models_cache
+                .lock()
+                .as_ref()
+                .filter(|(fetched, _)| fetched.elapsed() < MODELS_CACHE_TTL)
+                .map(|(_, listed)| listed.clone());
+            let listed = match cached {
+                Some(listed) => listed,
+                None => match http.list_models().await {
+                    Ok(listed) => {
+                        *self.models_cache.lock() = Some((std::time::Instant::now(), listed.clone()));
+                        listed
+                    }
+                    Err(error) => {
+                        tracing::warn!(upstream = %self.name, %error, "cannot list the upstream's models");
+                        Vec::new()
+                    }
+                },
+            };
+            names.extend(listed.into_iter().filter(|model| self.serves(model)));
         }
         names
     }

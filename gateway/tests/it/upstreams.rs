@@ -246,3 +246,43 @@ async fn body_limits_apply_per_route() {
     assert_eq!(refused.json()["error"]["code"], "request_too_large");
     gateway.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_lists_merge_upstreams_and_are_fetched_once_a_minute() {
+    let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = asked.clone();
+    let router = gateway::upstream::mock::router(Arc::new(MockConfig::default())).layer(
+        axum::middleware::from_fn(move |request: axum::extract::Request, next: axum::middleware::Next| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            next.run(request)
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let (gateway, _spool) = gateway_with(
+        vec![upstream(&format!(
+            "name = \"listed\"\nkind = \"openai\"\nbase_url = \"http://{address}/v1\"\nmodels = [\"mock-*\"]"
+        ))],
+        |_| {},
+    )
+    .await;
+    for _ in 0..3 {
+        let reply = crate::support::get(&gateway.url("/v1/models"), Some(KEY_ALPHA)).await;
+        assert_eq!(reply.status, 200);
+        let ids: Vec<String> = reply.json()["data"]
+            .as_array()
+            .expect("data")
+            .iter()
+            .map(|model| model["id"].as_str().expect("id").to_owned())
+            .collect();
+        assert_eq!(
+            ids.iter().filter(|id| *id == "mock-1").count(),
+            1,
+            "listed once though two upstreams serve it: {ids:?}"
+        );
+        assert!(ids.contains(&"claude-mock".to_owned()), "{ids:?}");
+    }
+    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1, "the upstream's list is cached");
+    gateway.stop().await;
+}
