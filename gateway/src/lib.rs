@@ -17,6 +17,7 @@ pub mod policy;
 pub mod proxy;
 pub mod server;
 pub mod telemetry;
+pub mod trace_context;
 pub mod upstream;
 pub mod waf;
 

@@ -30,6 +30,7 @@ use crate::error::{ApiError, ErrorKind, Flavor, Refusal};
 use crate::metrics::Stage;
 use crate::policy::limits::{self, ParsedRequest};
 use crate::policy::rate_limit::{Decision, Outcome as RateOutcome, Reservation};
+use crate::trace_context::{TRACEPARENT, TraceContext};
 use crate::{audit, proxy};
 
 /// The header carrying the record id on every response.
@@ -78,7 +79,13 @@ pub fn governed_router(app: Arc<App>) -> Router {
 /// response is known (streams finish theirs in the stream task). For `durable` and `strict`
 /// tenants the response waits here until the record is spooled, respectively acknowledged.
 async fn record(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
-    let draft = Draft::begin(request.method(), app.gateway_id.clone(), app.audit.clone());
+    let trace = TraceContext::from_headers(request.headers());
+    match trace {
+        // The upstream sees the gateway's span as the parent of its own.
+        Some(trace) => request.headers_mut().insert(TRACEPARENT, trace.traceparent()),
+        None => request.headers_mut().remove(TRACEPARENT),
+    };
+    let draft = Draft::begin_traced(request.method(), app.gateway_id.clone(), app.audit.clone(), trace);
     request.extensions_mut().insert(draft.clone());
     let mut response = next.run(request).await;
     response.headers_mut().insert(RECORD_ID_HEADER, draft.header_value().clone());

@@ -42,6 +42,8 @@ pub struct Draft {
     fields: Mutex<DraftFields>,
     /// Set by the first `finish`; a draft is recorded once.
     finished: AtomicBool,
+    /// The W3C trace the request belongs to, when the client sent one.
+    trace: Option<crate::trace_context::TraceContext>,
 }
 
 /// What the stages learnt about the request so far.
@@ -76,6 +78,18 @@ pub struct Outcome<'a> {
 }
 
 impl Draft {
+    /// A draft for a request in `trace` (if the client sent one).
+    pub fn begin_traced(
+        method: &Method,
+        gateway_id: Arc<str>,
+        sender: AuditSender,
+        trace: Option<crate::trace_context::TraceContext>,
+    ) -> Arc<Self> {
+        let mut draft = Self::begin(method, gateway_id, sender);
+        Arc::get_mut(&mut draft).expect("a new draft has one owner").trace = trace;
+        draft
+    }
+
     pub fn begin(method: &Method, gateway_id: Arc<str>, sender: AuditSender) -> Arc<Self> {
         let method = method.as_str();
         let cut = (0..=method.len().min(METHOD_BYTES_MAX))
@@ -104,6 +118,7 @@ impl Draft {
             sender,
             fields: Mutex::new(DraftFields::default()),
             finished: AtomicBool::new(false),
+            trace: None,
         })
     }
 
@@ -203,8 +218,8 @@ impl Draft {
                 fail_open: fields.fail_open,
             }),
             analysis: fields.analysis.take(),
-            trace_id: Vec::new(),
-            span_id: Vec::new(),
+            trace_id: self.trace.map(|trace| trace.trace_id.to_vec()).unwrap_or_default(),
+            span_id: self.trace.map(|trace| trace.span_id.to_vec()).unwrap_or_default(),
             captured: None,
         };
         (record, mode)

@@ -116,6 +116,12 @@ impl HttpUpstream {
             if let Some((name, value)) = &self.credential {
                 builder = builder.header(name, value);
             }
+            // W3C trace context: the pipeline set `traceparent` to the gateway's span.
+            for name in [crate::trace_context::TRACEPARENT, "tracestate"] {
+                if let Some(value) = client_headers.get(name) {
+                    builder = builder.header(name, value);
+                }
+            }
             if self.kind == UpstreamKind::Anthropic {
                 for name in ANTHROPIC_PASSTHROUGH {
                     if let Some(value) = client_headers.get(name) {

@@ -369,15 +369,27 @@ fn client() -> Client<HttpConnector, Full<Bytes>> {
 }
 
 pub(crate) async fn post(url: &str, key: Option<&str>, body: &str) -> Reply {
-    send(Method::POST, url, key, Bytes::from(body.to_owned())).await
+    send(Method::POST, url, key, Bytes::from(body.to_owned()), &[]).await
+}
+
+pub(crate) async fn post_with_headers(
+    url: &str,
+    key: Option<&str>,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> Reply {
+    send(Method::POST, url, key, Bytes::from(body.to_owned()), headers).await
 }
 
 pub(crate) async fn get(url: &str, key: Option<&str>) -> Reply {
-    send(Method::GET, url, key, Bytes::new()).await
+    send(Method::GET, url, key, Bytes::new(), &[]).await
 }
 
-async fn send(method: Method, url: &str, key: Option<&str>, body: Bytes) -> Reply {
+async fn send(method: Method, url: &str, key: Option<&str>, body: Bytes, headers: &[(&str, &str)]) -> Reply {
     let mut request = Request::builder().method(method).uri(url).header("content-type", "application/json");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
     if let Some(key) = key {
         request = request.header("authorization", format!("Bearer {key}"));
     }

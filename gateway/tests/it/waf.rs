@@ -13,7 +13,9 @@ use parking_lot::Mutex;
 use proto::v1;
 
 use crate::gateway::proven_record;
-use crate::support::{Gateway, KEY_ALPHA, KEY_BETA, LedgerCluster, config, free_port, post};
+use crate::support::{
+    Gateway, KEY_ALPHA, KEY_BETA, LedgerCluster, config, free_port, post, post_with_headers,
+};
 
 #[derive(serde::Deserialize)]
 struct Corpus {
@@ -108,11 +110,12 @@ async fn recording_upstream() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>)
     let kept = received.clone();
     let router = axum::Router::new().route(
         "/v1/chat/completions",
-        axum::routing::post(move |body: String| {
+        axum::routing::post(move |headers: http::HeaderMap, body: String| {
             let kept = kept.clone();
             async move {
                 let streamed = body.contains("\"stream\":true");
-                kept.lock().push(body);
+                let traceparent = headers.get("traceparent").and_then(|value| value.to_str().ok()).unwrap_or("-");
+                kept.lock().push(format!("traceparent: {traceparent}\n{body}"));
                 if streamed {
                     let event = |text: &str| {
                         format!("data: {}\n\n", serde_json::json!({"choices": [{"index": 0, "delta": {"content": text}}]}))
@@ -152,7 +155,8 @@ async fn redaction_blocks_and_shadow_mode_end_to_end_with_the_audit_record() {
     let url = gateway.url("/v1/chat/completions");
 
     let body = r#"{"model":"gpt-rec","messages":[{"role":"user","content":"I am bob@example.com, call +1 415 555 0123"}]}"#;
-    let reply = post(&url, Some(KEY_ALPHA), body).await;
+    let client_parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let reply = post_with_headers(&url, Some(KEY_ALPHA), body, &[("traceparent", client_parent)]).await;
     assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
     let upstream_saw = received.lock().last().cloned().expect("the upstream got the request");
     assert!(
@@ -187,6 +191,13 @@ async fn redaction_blocks_and_shadow_mode_end_to_end_with_the_audit_record() {
         "{hits:?}"
     );
     assert_eq!(record.request_sha256, <sha2::Sha256 as sha2::Digest>::digest(body.as_bytes()).to_vec());
+    // The record joins the client's trace with the gateway's own span, which the upstream
+    // received as its parent.
+    let hex = |bytes: &[u8]| bytes.iter().map(|byte| format!("{byte:02x}")).collect::<String>();
+    assert_eq!(hex(&record.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(record.span_id.len(), 8);
+    let forwarded = format!("traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-{}-01", hex(&record.span_id));
+    assert!(upstream_saw.starts_with(&forwarded), "{upstream_saw}");
 
     // A streamed response: the address split across events is redacted on the way back.
     let stream = r#"{"model":"gpt-rec","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
