@@ -56,10 +56,10 @@ impl ReservationSlot {
 /// The routes governed by the pipeline, with their stages.
 pub fn governed_router(app: Arc<App>) -> Router {
     let routes = Router::new()
-        .route("/v1/chat/completions", post(proxy::chat_completions))
-        .route("/v1/completions", post(proxy::completions))
-        .route("/v1/embeddings", post(proxy::embeddings))
-        .route("/v1/messages", post(proxy::messages))
+        .route("/v1/chat/completions", post(proxy::forward))
+        .route("/v1/completions", post(proxy::forward))
+        .route("/v1/embeddings", post(proxy::forward))
+        .route("/v1/messages", post(proxy::forward))
         .route("/v1/models", get(proxy::models))
         .route("/v1/audit/records/{record_id}", get(audit::lookup::get_record))
         // Layers run bottom-up on the way in: limits, then auth, then the rate limit.
@@ -226,7 +226,7 @@ async fn inspect(State(app): State<Arc<App>>, mut request: Request, next: Next) 
     let started = Instant::now();
     let draft = draft_of(&request);
     let (route, flavor) = draft.update(|fields| (fields.route, fields.flavor));
-    let Some(api) = route_api(route) else { return next.run(request).await };
+    let Some(api) = crate::upstream::Api::of_route(route) else { return next.run(request).await };
     let Some(parsed) = request.extensions().get::<ParsedRequest>() else { return next.run(request).await };
     let Some(credential) = request.extensions().get::<Arc<crate::policy::auth::Credential>>() else {
         return ApiError::new(ErrorKind::Internal, "the WAF ran before authentication").into_response();
@@ -298,18 +298,6 @@ pub fn record_hits(app: &App, draft: &Draft, inspection: &crate::waf::Inspection
             });
         }
     });
-}
-
-/// The model API a route template serves.
-fn route_api(route: &str) -> Option<crate::upstream::Api> {
-    use crate::upstream::Api;
-    match route {
-        "/v1/chat/completions" => Some(Api::ChatCompletions),
-        "/v1/completions" => Some(Api::Completions),
-        "/v1/embeddings" => Some(Api::Embeddings),
-        "/v1/messages" => Some(Api::Messages),
-        _ => None,
-    }
 }
 
 /// Request and token rate limits of the credential.

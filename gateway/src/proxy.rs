@@ -31,44 +31,20 @@ const PING: &[u8] = b": ping\n\n";
 
 type ProxyState = State<Arc<App>>;
 
-pub async fn chat_completions(
+/// The handler of every model API route; which API it is follows from the route.
+pub async fn forward(
     State(app): ProxyState,
     Extension(draft): Extension<Arc<Draft>>,
     Extension(parsed): Extension<ParsedRequest>,
     Extension(slot): Extension<ReservationSlot>,
     headers: HeaderMap,
 ) -> Response {
-    proxy(app, Api::ChatCompletions, draft, parsed, slot, headers).await
-}
-
-pub async fn completions(
-    State(app): ProxyState,
-    Extension(draft): Extension<Arc<Draft>>,
-    Extension(parsed): Extension<ParsedRequest>,
-    Extension(slot): Extension<ReservationSlot>,
-    headers: HeaderMap,
-) -> Response {
-    proxy(app, Api::Completions, draft, parsed, slot, headers).await
-}
-
-pub async fn embeddings(
-    State(app): ProxyState,
-    Extension(draft): Extension<Arc<Draft>>,
-    Extension(parsed): Extension<ParsedRequest>,
-    Extension(slot): Extension<ReservationSlot>,
-    headers: HeaderMap,
-) -> Response {
-    proxy(app, Api::Embeddings, draft, parsed, slot, headers).await
-}
-
-pub async fn messages(
-    State(app): ProxyState,
-    Extension(draft): Extension<Arc<Draft>>,
-    Extension(parsed): Extension<ParsedRequest>,
-    Extension(slot): Extension<ReservationSlot>,
-    headers: HeaderMap,
-) -> Response {
-    proxy(app, Api::Messages, draft, parsed, slot, headers).await
+    let route = draft.update(|fields| fields.route);
+    let Some(api) = Api::of_route(route) else {
+        return ApiError::new(ErrorKind::Internal, format!("no model API is served at {route:?}"))
+            .into_response();
+    };
+    proxy(app, api, draft, parsed, slot, headers).await
 }
 
 /// `GET /v1/models`: every upstream's models, once each.

@@ -29,6 +29,19 @@ pub enum Api {
     Messages,
 }
 
+impl Api {
+    /// The API a route template serves, e.g. `/v1/messages`.
+    pub fn of_route(route: &str) -> Option<Self> {
+        match route {
+            "/v1/chat/completions" => Some(Self::ChatCompletions),
+            "/v1/completions" => Some(Self::Completions),
+            "/v1/embeddings" => Some(Self::Embeddings),
+            "/v1/messages" => Some(Self::Messages),
+            _ => None,
+        }
+    }
+}
+
 /// Every configured upstream, in configuration order.
 #[derive(Debug)]
 pub struct Upstreams {
