@@ -430,22 +430,21 @@ impl StreamTask {
 const OPENAI_END: &[u8] = b"data: [DONE]";
 const ANTHROPIC_END: &[u8] = b"event: message_stop";
 
-/// Whether `chunk` completes the marker of the event that ends a stream, counting a marker
-/// that began in `tail` (the end of the previous chunk). Holding back the chunk that completes
-/// it is enough: until then the client has not seen the whole terminal event.
+/// Whether `chunk` completes the marker of the event that ends a stream, at the start of a line
+/// (so the model writing "data: [DONE]" inside its text does not count), counting a marker that
+/// began in `tail` (the end of the previous chunk; empty at the start of the stream). Holding
+/// back the chunk that completes it is enough: until then the client has not seen the event.
 fn is_terminal(tail: &[u8], chunk: &[u8], flavor: Flavor) -> bool {
     let marker = match flavor {
         Flavor::OpenAi => OPENAI_END,
         Flavor::Anthropic => ANTHROPIC_END,
     };
-    if chunk.windows(marker.len()).any(|window| window == marker) {
-        return true;
-    }
-    let head = &chunk[..chunk.len().min(marker.len() - 1)];
-    let mut joined = Vec::with_capacity(tail.len() + head.len());
+    let mut joined = Vec::with_capacity(1 + tail.len() + chunk.len());
+    joined.push(b'\n');
     joined.extend_from_slice(tail);
-    joined.extend_from_slice(head);
-    joined.windows(marker.len()).any(|window| window == marker)
+    joined.extend_from_slice(chunk);
+    let skip = tail.len().saturating_sub(marker.len());
+    joined[skip..].windows(marker.len() + 1).any(|window| window[0] == b'\n' && &window[1..] == marker)
 }
 
 /// Keeps the last bytes of `chunk` (fewer than the longest marker) for the next check.
@@ -474,6 +473,10 @@ mod tests {
             assert!(first_terminal || second_terminal, "split at {split}: the terminal event escaped");
         }
         assert!(!is_terminal(b"", b"data: {\"text\":\"[DONE]\"}", Flavor::OpenAi));
+        assert!(
+            !is_terminal(b"", b"data: {\"content\":\"data: [DONE]\"}\n\n", Flavor::OpenAi),
+            "inside the text"
+        );
         assert!(is_terminal(b"event: message_", b"stop\ndata: {}", Flavor::Anthropic));
     }
 }

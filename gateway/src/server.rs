@@ -75,7 +75,10 @@ pub async fn serve(
     http.timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_buf_size(config.limits.header_bytes_max.max(8192) + 8192)
-        .keep_alive(true);
+        .keep_alive(true)
+        // A read side closed by the smuggling guard must not cut short the responses owed to
+        // the requests before the refused one.
+        .half_close(true);
     let mut connections = JoinSet::new();
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);

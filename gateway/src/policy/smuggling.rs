@@ -13,8 +13,9 @@
 //!
 //! [`GuardedIo`] wraps the connection: it releases a request's head to hyper only once the
 //! whole head validated, and its body as it validates. On a violation hyper reads end-of-stream,
-//! and the client gets `400` (OpenAI's error shape, `connection: close`) once hyper lets go of the
-//! connection. The upstream never sees the client's framing anyway: the gateway forwards a body
+//! finishes the responses it owes (the server runs with half-close), and when it shuts the
+//! connection down the client gets `400` (OpenAI's error shape, `connection: close`) after them.
+//! A violation inside a body is answered by hyper itself (the body read fails). The upstream never sees the client's framing anyway: the gateway forwards a body
 //! it read whole, with its own `Content-Length`.
 
 use std::io;
@@ -86,6 +87,9 @@ pub fn find_head_end(buffer: &[u8], header_bytes_max: usize) -> Result<Option<us
     let mut start = 0;
     while buffer[start..].starts_with(b"\r\n") {
         start += 2;
+        if start > header_bytes_max {
+            return Err(Violation::HeadTooLarge(header_bytes_max));
+        }
     }
     let mut line_start = start;
     let mut index = start;
@@ -433,10 +437,16 @@ impl<T> GuardedIo<T> {
     }
 
     fn refuse(&mut self, violation: Violation) {
+        // Refused between requests, the guard answers; refused inside a body, hyper is mid-
+        // request and answers itself (its body read fails), so a second response would follow.
+        let between_requests = self.stage == Stage::Head;
         self.stage = Stage::Refused(violation);
         self.pending.clear();
         if let Some(on_refusal) = self.on_refusal.take() {
-            self.rejection = Some((on_refusal(violation), 0));
+            let response = on_refusal(violation);
+            if between_requests {
+                self.rejection = Some((response, 0));
+            }
         }
     }
 }
@@ -475,8 +485,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<T> {
                 return Poll::Ready(Ok(()));
             }
             if let Stage::Refused(_) = this.stage {
-                // End of stream for hyper; the client still gets its 400 first.
-                ready!(this.poll_send_rejection(cx))?;
+                // End of stream for hyper. It finishes the responses it owes (half-close), then
+                // shuts the connection down, and the 400 goes out there, after them.
                 return Poll::Ready(Ok(()));
             }
             let mut chunk = [0u8; READ_CHUNK_BYTES];

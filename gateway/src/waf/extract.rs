@@ -15,25 +15,38 @@ pub struct Text<'a> {
     pub text: &'a str,
 }
 
+/// Keys whose string values a model does not read as text (identifiers, enums, media), skipped
+/// when walking a request: everything else under `messages`, `system` and `tools` is inspected,
+/// so tool descriptions, tool-call arguments, tool inputs, names and document blocks are too.
+const NOT_TEXT_KEYS: [&str; 10] = [
+    "role",
+    "type",
+    "id",
+    "tool_call_id",
+    "tool_use_id",
+    "media_type",
+    "detail",
+    "url",
+    "data",
+    "cache_control",
+];
+
 /// The texts of a request body for `api`, in document order.
 pub fn request_texts(api: Api, body: &Value) -> Vec<Text<'_>> {
     let mut texts = Vec::new();
     match api {
         Api::ChatCompletions | Api::Messages => {
-            if let Some(system) = body.get("system") {
-                content_texts(system, "/system".to_owned(), &mut texts);
-            }
-            if let Some(Value::Array(messages)) = body.get("messages") {
-                for (index, message) in messages.iter().enumerate() {
-                    if let Some(content) = message.get("content") {
-                        content_texts(content, format!("/messages/{index}/content"), &mut texts);
-                    }
+            for key in ["system", "messages", "tools"] {
+                if let Some(value) = body.get(key) {
+                    walk(value, format!("/{key}"), &mut texts);
                 }
             }
         }
         Api::Completions => {
-            if let Some(prompt) = body.get("prompt") {
-                string_or_strings(prompt, "/prompt".to_owned(), &mut texts);
+            for key in ["prompt", "suffix"] {
+                if let Some(value) = body.get(key) {
+                    string_or_strings(value, format!("/{key}"), &mut texts);
+                }
             }
         }
         Api::Embeddings => {
@@ -43,6 +56,26 @@ pub fn request_texts(api: Api, body: &Value) -> Vec<Text<'_>> {
         }
     }
     texts
+}
+
+/// Every string under `value`, except under [`NOT_TEXT_KEYS`].
+fn walk<'a>(value: &'a Value, pointer: String, texts: &mut Vec<Text<'a>>) {
+    match value {
+        Value::String(text) => texts.push(Text { pointer, text }),
+        Value::Array(items) => {
+            for (index, item) in items.iter().enumerate() {
+                walk(item, format!("{pointer}/{index}"), texts);
+            }
+        }
+        Value::Object(fields) => {
+            for (key, item) in fields {
+                if !NOT_TEXT_KEYS.contains(&key.as_str()) {
+                    walk(item, format!("{pointer}/{}", key.replace('~', "~0").replace('/', "~1")), texts);
+                }
+            }
+        }
+        _ => {}
+    }
 }
 
 /// The texts of a non-streamed response body for `api`: what the model wrote.
@@ -157,6 +190,12 @@ mod tests {
         let texts: Vec<&str> =
             request_texts(Api::Messages, &anthropic).into_iter().map(|text| text.text).collect();
         assert_eq!(texts, ["sys", "result"]);
+        let tools = json!({"messages": [{"role": "assistant", "tool_calls": [{"id": "c1", "type": "function",
+            "function": {"name": "f", "arguments": "{\"q\":\"x\"}"}}]}],
+            "tools": [{"type": "function", "function": {"name": "f", "description": "looks things up"}}]});
+        let texts: Vec<&str> =
+            request_texts(Api::ChatCompletions, &tools).into_iter().map(|text| text.text).collect();
+        assert_eq!(texts, ["{\"q\":\"x\"}", "f", "looks things up", "f"]);
         let embeddings = json!({"input": ["a", "b", [1, 2]]});
         assert_eq!(request_texts(Api::Embeddings, &embeddings).len(), 2);
         assert_eq!(request_texts(Api::Completions, &json!({"prompt": "p"}))[0].text, "p");

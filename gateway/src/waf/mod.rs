@@ -210,6 +210,11 @@ impl Waf {
             // leaves every other character in place, so the leet view contains every phrase the
             // plain view does, and those spelled in leetspeak too: one scan instead of two.
             let normalized = normalize(text.text, &self.normalize_limits);
+            if normalized.truncated {
+                // Part of the text was not normalized (it expanded past the normalization or
+                // decoding budget): an attack could hide there, so this is an inspection failure.
+                return Err(WafError::Budget { bytes, bytes_max: policy.inspect_bytes_max });
+            }
             let mut counts = vec![0u32; rules.injection.len()];
             rules.count_injection(&normalized.leet, &mut counts);
             for (index, count) in counts.iter().enumerate() {
@@ -301,6 +306,7 @@ impl Waf {
             let modified =
                 |path: &PathBuf| std::fs::metadata(path).and_then(|metadata| metadata.modified()).ok();
             let mut seen: Option<SystemTime> = modified(&path);
+            let mut failed: Option<SystemTime> = None;
             loop {
                 tokio::time::sleep(interval).await;
                 let Some(waf) = waf.upgrade() else { return };
@@ -315,7 +321,8 @@ impl Waf {
                 if now == seen {
                     continue;
                 }
-                seen = now;
+                // `seen` moves only when a file loads: a file caught half-written is read again
+                // on the next tick even if its modification time does not change any more.
                 match text
                     .map_err(|error| error.to_string())
                     .and_then(|text| RuleSet::from_toml(&text).map_err(|error| error.to_string()))
@@ -323,12 +330,19 @@ impl Waf {
                     Ok(rules) => {
                         tracing::info!(version = %rules.version, path = %path.display(), "WAF rules reloaded");
                         *waf.rules.write() = Arc::new(rules);
+                        seen = now;
+                        failed = None;
                     }
-                    Err(error) => tracing::error!(
-                        path = %path.display(),
-                        %error,
-                        "the changed WAF rule file is invalid; the previous rules stay in force"
-                    ),
+                    Err(error) => {
+                        if failed != now {
+                            tracing::error!(
+                                path = %path.display(),
+                                %error,
+                                "the changed WAF rule file is invalid; the previous rules stay in force"
+                            );
+                            failed = now;
+                        }
+                    }
                 }
             }
         });

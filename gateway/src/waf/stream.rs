@@ -4,8 +4,11 @@
 //! still reach them (never splitting a match between released and held events). Each released
 //! event keeps its place and shape; only its text changes where a match lies: the placeholder
 //! goes into the event where the match starts, and the match's rest is removed from the events
-//! after it. Other events (role, finish reason, usage, end of stream) release everything held
-//! first and pass unchanged. The client sees the same events, text delayed by the window.
+//! after it. Other events (role, finish reason, usage, pings, end of stream) keep their place in
+//! the queue and pass unchanged. The client sees the same events, text delayed by the window.
+//! The window is bounded by [`WINDOW_BYTES_MAX`]: a match that keeps growing past it (a long
+//! token) is redacted as far as it has been seen and released, so the rescanning per event
+//! stays bounded.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,8 +26,19 @@ use crate::error::Flavor;
 /// released is redacted only in its unreleased part.
 pub const WINDOW_BYTES: usize = 128;
 
+/// Most text held at once: beyond it everything held is released (redacted as far as seen).
+pub const WINDOW_BYTES_MAX: usize = 4 * 1024;
+
 /// Longest event kept while waiting for its end; a longer one is passed through as it is.
 const EVENT_BYTES_MAX: usize = 256 * 1024;
+
+/// A held event: a content event to re-render with its (redacted) text, or another event to
+/// pass as it came.
+#[derive(Debug)]
+enum Held {
+    Content(Value),
+    Other(Bytes),
+}
 
 /// Rewrites one stream.
 #[derive(Debug)]
@@ -36,8 +50,8 @@ pub struct StreamRedactor {
     partial: Vec<u8>,
     /// Text of content events not yet released.
     window: String,
-    /// The held content events, in order, with the end of each one's text in `window`.
-    held: std::collections::VecDeque<(Value, usize)>,
+    /// The held events, in order, each with the end of the text before and in it in `window`.
+    held: std::collections::VecDeque<(Held, usize)>,
     /// Redactions per rule id.
     counts: BTreeMap<&'static str, u32>,
 }
@@ -99,13 +113,11 @@ impl StreamRedactor {
         match self.content(event) {
             Some((text, template)) => {
                 self.window.push_str(&text);
-                self.held.push_back((template, self.window.len()));
+                self.held.push_back((Held::Content(template), self.window.len()));
                 self.release(false, out);
             }
-            None => {
-                self.flush(out);
-                out.push(Bytes::copy_from_slice(event));
-            }
+            None if self.held.is_empty() => out.push(Bytes::copy_from_slice(event)),
+            None => self.held.push_back((Held::Other(Bytes::copy_from_slice(event)), self.window.len())),
         }
     }
 
@@ -119,6 +131,7 @@ impl StreamRedactor {
             return;
         }
         let findings = self.waf.redactable_findings(&self.window, &self.policy);
+        let everything = everything || self.window.len() > WINDOW_BYTES_MAX;
         let limit =
             if everything { self.window.len() } else { self.window.len().saturating_sub(WINDOW_BYTES) };
         // The last event end within the limit that no finding straddles.
@@ -132,6 +145,8 @@ impl StreamRedactor {
         if cut == 0 {
             return;
         }
+        // Released in full (`everything`), a match still open at the end is redacted as far as
+        // it goes.
         let released: Vec<_> = findings.into_iter().filter(|finding| finding.end <= cut).collect();
         for finding in &released {
             *self.counts.entry(detector_rule_id(finding.kind)).or_insert(0) += 1;
@@ -141,9 +156,14 @@ impl StreamRedactor {
             if *end > cut {
                 break;
             }
-            let (template, end) = self.held.pop_front().expect("checked above");
-            let text = redact_slice(&self.window, start, end, &released);
-            out.push(self.render(&template, &text));
+            let (event, end) = self.held.pop_front().expect("checked above");
+            match event {
+                Held::Content(template) => {
+                    let text = redact_slice(&self.window, start, end, &released);
+                    out.push(self.render(&template, &text));
+                }
+                Held::Other(bytes) => out.push(bytes),
+            }
             start = end;
         }
         self.window.drain(..cut);
@@ -264,6 +284,51 @@ mod tests {
             assert_eq!(text, "Contact [REDACTED:EMAIL] today please.", "split {split}");
             assert!(sent.ends_with("data: [DONE]\n\n"));
             assert_eq!(redactor.hits()[0].rule_id, "pii.email");
+        }
+    }
+}
+
+#[cfg(test)]
+mod bounds {
+    use super::*;
+    use crate::config::{WafConfig, WafTenantConfig};
+
+    #[test]
+    fn pings_between_parts_of_an_address_do_not_release_it_and_long_tokens_stay_bounded() {
+        let waf = Arc::new(Waf::new(&WafConfig::default()).expect("rules"));
+        let policy = Policy::new(&WafTenantConfig::default(), 1 << 20);
+        let mut redactor = StreamRedactor::new(waf.clone(), policy.clone(), Flavor::Anthropic);
+        let delta = |text: &str| {
+            format!(
+                "event: content_block_delta\ndata: {}\n\n",
+                serde_json::json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}})
+            )
+        };
+        let stream = [
+            delta("write to bob@exa"),
+            "event: ping\ndata: {\"type\": \"ping\"}\n\n".to_owned(),
+            delta("mple.com now"),
+            "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n".to_owned(),
+        ]
+        .concat();
+        let mut out = redactor.push(stream.as_bytes());
+        out.extend(redactor.finish());
+        let sent = String::from_utf8(out.concat()).expect("utf-8");
+        assert!(!sent.contains("bob@"), "{sent}");
+        assert!(sent.find("event: ping").expect("ping kept") < sent.find("message_stop").expect("end kept"));
+
+        // A token that never ends: the window never exceeds its bound.
+        let mut redactor = StreamRedactor::new(waf, policy, Flavor::OpenAi);
+        let event = |text: &str| {
+            format!(
+                "data: {}\n\n",
+                serde_json::json!({"choices": [{"index": 0, "delta": {"content": text}}]})
+            )
+        };
+        redactor.push(event("key sk-proj-").as_bytes());
+        for _ in 0..5_000 {
+            redactor.push(event("a1b2c3d4").as_bytes());
+            assert!(redactor.window.len() <= WINDOW_BYTES_MAX + 16);
         }
     }
 }

@@ -147,5 +147,15 @@ async fn smuggling_variants_are_refused_and_never_reach_the_upstream() {
     let response = exchange(&gateway, &pipelined).await;
     assert_eq!(response.matches("HTTP/1.1 200 ").count(), 2, "{response}");
     assert_eq!(received.load(Ordering::SeqCst), 3);
+
+    // A valid request pipelined with a smuggling attempt: the first is answered in full, then
+    // the refusal, then the connection closes.
+    let mut pipelined = request(&format!("Content-Length: {}\r\n", CHAT.len()), CHAT);
+    pipelined.extend_from_slice(b"POST /v1/chat/completions HTTP/1.1\nHost: gw\n\n");
+    let response = exchange(&gateway, &pipelined).await;
+    let first = response.find("HTTP/1.1 200 ").expect("the valid request is answered");
+    let refusal = response.find("HTTP/1.1 400 ").expect("then the refusal");
+    assert!(first < refusal, "{response}");
+    assert_eq!(received.load(Ordering::SeqCst), 4);
     gateway.stop().await;
 }
