@@ -192,7 +192,8 @@ pub struct WafConfig {
     /// Text bytes inspected per request at most; beyond it the request fails closed (403)
     /// unless its tenant's WAF is fail-open.
     pub inspect_bytes_max: usize,
-    /// Bytes decoded from embedded base64/percent/HTML-entity segments per text at most.
+    /// Bytes decoded from embedded base64/percent/HTML-entity segments per text at most; a text
+    /// holding more is an inspection failure (the tenant's `on_error` decides).
     pub decoded_bytes_max: usize,
     /// Nesting of encodings decoded (base64 inside base64...).
     pub decode_depth_max: u8,
@@ -648,10 +649,14 @@ impl Default for WafConfig {
         Self {
             rules_file: None,
             reload_interval_ms: 2_000,
-            inspect_bytes_max: 1024 * 1024,
-            decoded_bytes_max: 64 * 1024,
+            // As large as the largest default body (embeddings), so no default request is
+            // refused for size alone; large bodies are inspected off the async runtime.
+            inspect_bytes_max: 16 * 1024 * 1024,
+            decoded_bytes_max: 1024 * 1024,
             decode_depth_max: 2,
-            normalized_bytes_max: 2 * 1024 * 1024,
+            // Twice the default chat body: NFKC can expand text, and a text whose normal form
+            // does not fit is refused (fail closed) rather than half inspected.
+            normalized_bytes_max: 8 * 1024 * 1024,
         }
     }
 }

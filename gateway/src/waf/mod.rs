@@ -196,7 +196,9 @@ impl Waf {
             Side::Response => extract::response_texts(api, &document),
         };
         let bytes: usize = texts.iter().map(|text| text.text.len()).sum();
-        if bytes > policy.inspect_bytes_max {
+        // A response already exists (bounded by the upstream's response_bytes_max): it is
+        // always inspected for redaction, whatever its size.
+        if side == Side::Request && bytes > policy.inspect_bytes_max {
             return Err(WafError::Budget { bytes, bytes_max: policy.inspect_bytes_max });
         }
         let mut hits = Vec::new();
@@ -209,19 +211,23 @@ impl Waf {
             // leet characters (the rule file is checked for that), and folding leet characters
             // leaves every other character in place, so the leet view contains every phrase the
             // plain view does, and those spelled in leetspeak too: one scan instead of two.
-            let normalized = normalize(text.text, &self.normalize_limits);
-            if normalized.truncated {
-                // Part of the text was not normalized (it expanded past the normalization or
-                // decoding budget): an attack could hide there, so this is an inspection failure.
-                return Err(WafError::Budget { bytes, bytes_max: policy.inspect_bytes_max });
-            }
-            let mut counts = vec![0u32; rules.injection.len()];
-            rules.count_injection(&normalized.leet, &mut counts);
-            for (index, count) in counts.iter().enumerate() {
-                if *count > 0 {
-                    injection_counts[index] = injection_counts[index].saturating_add(*count);
-                    injection_locations[index]
-                        .get_or_insert_with(|| extract::location(side_name, &text.pointer));
+            // Injection rules only matter for what a model is asked to read and follow: not for
+            // responses, nor for embedding inputs (which are only encoded).
+            if side == Side::Request && api != Api::Embeddings {
+                let normalized = normalize(text.text, &self.normalize_limits);
+                if normalized.truncated {
+                    // Part of the text was not normalized (it expanded past the normalization or
+                    // decoding budget): an attack could hide there, so this is an inspection failure.
+                    return Err(WafError::Budget { bytes, bytes_max: policy.inspect_bytes_max });
+                }
+                let mut counts = vec![0u32; rules.injection.len()];
+                rules.count_injection(&normalized.leet, &mut counts);
+                for (index, count) in counts.iter().enumerate() {
+                    if *count > 0 {
+                        injection_counts[index] = injection_counts[index].saturating_add(*count);
+                        injection_locations[index]
+                            .get_or_insert_with(|| extract::location(side_name, &text.pointer));
+                    }
                 }
             }
             // Sensitive data: on the text as sent, with spans for redaction.
