@@ -204,6 +204,12 @@ impl Detectors {
     /// All findings in `text`, sorted by start, non-overlapping (on overlap the longer finding
     /// wins, then the more specific kind).
     pub fn scan(&self, text: &str) -> Vec<Finding> {
+        self.scan_where(text, |_| true)
+    }
+
+    /// Like [`Detectors::scan`], considering only the kinds `keep` accepts: overlaps are
+    /// resolved among those alone, so a kind left out cannot hide one kept.
+    pub fn scan_where(&self, text: &str, keep: impl Fn(DetectorKind) -> bool) -> Vec<Finding> {
         let t = text.as_bytes();
         let mut cands = Vec::new();
         self.scan_secrets(t, &mut cands);
@@ -211,6 +217,7 @@ impl Detectors {
             self.scan_emails(t, &mut cands);
         }
         self.scan_numeric(t, &mut cands);
+        cands.retain(|candidate| keep(candidate.kind));
         resolve(cands)
     }
 

@@ -135,8 +135,7 @@ impl Waf {
             return Vec::new();
         }
         let rules = self.rules();
-        self.detectors
-            .scan(text)
+        self.scan_for_policy(&rules, text, policy)
             .into_iter()
             .filter(|finding| {
                 let rule_id = detector_rule_id(finding.kind);
@@ -145,6 +144,25 @@ impl Waf {
                 })
             })
             .collect()
+    }
+
+    /// The findings in `text` under `policy`: overlaps are resolved among the kinds the policy
+    /// acts on (block or redact) first, so a kind it only logs cannot hide one it acts on; the
+    /// logged kinds' findings follow. One scan when nothing logged is found.
+    fn scan_for_policy(&self, rules: &RuleSet, text: &str, policy: &Policy) -> Vec<Finding> {
+        let acts = |kind: DetectorKind| {
+            let rule_id = detector_rule_id(kind);
+            rules.detectors.get(rule_id).is_some_and(|rule| {
+                policy.action_for(rule_id, &rule.category, rule.default_action) != Action::Log
+            })
+        };
+        let all = self.detectors.scan(text);
+        if all.iter().all(|finding| acts(finding.kind)) {
+            return all;
+        }
+        let mut findings = self.detectors.scan_where(text, acts);
+        findings.extend(all.into_iter().filter(|finding| !acts(finding.kind)));
+        findings
     }
 
     /// Whether `policy` redacts anything in responses, so streams need the redactor.
@@ -231,7 +249,7 @@ impl Waf {
                 }
             }
             // Sensitive data: on the text as sent, with spans for redaction.
-            let findings = self.detectors.scan(text.text);
+            let findings = self.scan_for_policy(&rules, text.text, policy);
             let mut redact = Vec::new();
             for (rule_id, group) in group_findings(&findings) {
                 let Some(rule) = rules.detectors.get(rule_id) else { continue };

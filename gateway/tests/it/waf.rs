@@ -99,6 +99,16 @@ fn tenant_actions_override_the_rule_file_and_shadow_mode_only_records() {
     let inspection = waf.inspect_request(Api::ChatCompletions, &card, &enforce()).expect("inspects");
     assert!(matches!(&inspection.verdict, Verdict::Block { rule_id } if rule_id == "pci.card"));
 
+    // A kind the tenant only logs cannot hide one it blocks by overlapping it.
+    let mut pii_logged = enforce();
+    pii_logged.actions.insert("pii".into(), Action::Log);
+    let glued = chat("pay with 4111111111111111@example.com");
+    let inspection = waf.inspect_request(Api::ChatCompletions, &glued, &pii_logged).expect("inspects");
+    assert!(
+        matches!(&inspection.verdict, Verdict::Block { rule_id } if rule_id == "pci.card"),
+        "{inspection:?}"
+    );
+
     let budget = Policy { inspect_bytes_max: 10, ..enforce() };
     assert!(waf.inspect_request(Api::ChatCompletions, &card, &budget).is_err(), "over the byte budget");
 
