@@ -388,6 +388,9 @@ pub struct Flags {
     pub spool_dir: Option<PathBuf>,
     #[arg(long, env = "AEGIS_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// Check the configuration (file, variables and flags), print it is valid and exit.
+    #[arg(long)]
+    pub check_config: bool,
 }
 
 impl Config {

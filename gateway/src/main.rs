@@ -25,6 +25,10 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if std::env::args_os().any(|arg| arg == "--check-config") {
+        eprintln!("aegis-gateway: the configuration is valid");
+        return ExitCode::SUCCESS;
+    }
     let _log_flush = match gateway::telemetry::init_logging(&config.log) {
         Ok(guard) => guard,
         Err(error) => {

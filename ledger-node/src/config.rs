@@ -760,6 +760,10 @@ struct Flags {
     #[arg(long, env = "AEGIS_CONFIG", value_name = "PATH")]
     #[serde(skip)]
     config: Option<PathBuf>,
+    /// Check the configuration (file, variables and flags), print it is valid and exit.
+    #[arg(long)]
+    #[serde(skip)]
+    check_config: bool,
     /// This node's Raft id: positive, unique in the cluster, never reused [required].
     #[arg(long, env = "AEGIS_NODE_ID", value_name = "ID")]
     node_id: Option<NodeId>,

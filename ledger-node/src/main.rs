@@ -25,6 +25,10 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if std::env::args_os().any(|arg| arg == "--check-config") {
+        eprintln!("aegis-ledger: the configuration is valid");
+        return ExitCode::SUCCESS;
+    }
     if let Err(error) = ledger_node::telemetry::init_logging(&config.log) {
         eprintln!("aegis-ledger: {error:#}");
         return ExitCode::from(EXIT_CONFIG);

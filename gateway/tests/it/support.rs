@@ -1,11 +1,8 @@
-//! Test fixtures: a real three-process ledger cluster, a gateway served in-process on port 0,
-//! and a small HTTP client.
+//! Test fixtures: a gateway served in-process on port 0 in front of a real three-process ledger
+//! cluster (from `chaos-tests`), and a small HTTP client.
 
-use std::net::{SocketAddr, TcpListener as StdListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU16, Ordering};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::path::Path;
 
 use bytes::Bytes;
 use gateway::config::Config;
@@ -14,219 +11,16 @@ use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use proto::v1;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::oneshot;
+
+pub(crate) use chaos_tests::{LedgerCluster, free_port};
 
 /// API keys of the test configuration.
 pub(crate) const KEY_ALPHA: &str = "sk-test-alpha";
 pub(crate) const KEY_NO_PROXY_SCOPE: &str = "sk-test-noscope";
 pub(crate) const KEY_LIMITED: &str = "sk-test-limited";
 pub(crate) const KEY_BETA: &str = "sk-test-beta";
-
-/// Three `aegis-ledger` processes on this machine, initialised as one cluster.
-pub(crate) struct LedgerCluster {
-    _dir: tempfile::TempDir,
-    nodes: Vec<LedgerProcess>,
-}
-
-struct LedgerProcess {
-    id: u64,
-    client: SocketAddr,
-    peer: SocketAddr,
-    metrics: SocketAddr,
-    data_dir: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-impl LedgerCluster {
-    pub(crate) async fn start() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let nodes = (1..=3)
-            .map(|id| LedgerProcess {
-                id,
-                client: free_port(),
-                peer: free_port(),
-                metrics: free_port(),
-                data_dir: dir.path().join(format!("node-{id}")),
-                log: dir.path().join(format!("node-{id}.log")),
-                child: None,
-            })
-            .collect();
-        let mut cluster = Self { _dir: dir, nodes };
-        cluster.start_processes().await;
-        let mut members = Vec::new();
-        for node in &cluster.nodes {
-            let status =
-                admin(node.client).await.status(v1::StatusRequest {}).await.expect("status").into_inner();
-            members.push(status.node.expect("a node reports itself"));
-        }
-        admin(cluster.nodes[0].client).await.init(v1::InitRequest { members }).await.expect("init");
-        cluster.wait_for_leader().await;
-        cluster
-    }
-
-    pub(crate) fn endpoints(&self) -> Vec<String> {
-        self.nodes.iter().map(|node| format!("http://{}", node.client)).collect()
-    }
-
-    /// Kills every node (SIGKILL: nothing is flushed that was not already durable).
-    pub(crate) fn kill_all(&mut self) {
-        for node in &mut self.nodes {
-            if let Some(mut child) = node.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-    }
-
-    /// Restarts every node on its data directory and waits for a leader.
-    pub(crate) async fn restart_all(&mut self) {
-        self.start_processes().await;
-        self.wait_for_leader().await;
-    }
-
-    async fn start_processes(&mut self) {
-        let binary = ledger_binary();
-        for node in &mut self.nodes {
-            let log =
-                std::fs::OpenOptions::new().create(true).append(true).open(&node.log).expect("log file");
-            let child = Command::new(&binary)
-                .args(["--node-id", &node.id.to_string()])
-                .arg("--data-dir")
-                .arg(&node.data_dir)
-                .args(["--origin", "aegis.test/ledger"])
-                .args(["--client-listen", &node.client.to_string()])
-                .args(["--peer-listen", &node.peer.to_string()])
-                .args(["--metrics-listen", &node.metrics.to_string()])
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("start aegis-ledger");
-            node.child = Some(child);
-        }
-        for node in &self.nodes {
-            wait_for_port(node.client, &node.log).await;
-        }
-    }
-
-    async fn wait_for_leader(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let mut client = admin(self.nodes[0].client).await;
-            let status =
-                tokio::time::timeout(Duration::from_secs(1), client.status(v1::StatusRequest {})).await;
-            if let Ok(Ok(status)) = status
-                && status.into_inner().leader_id.is_some()
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no ledger leader after 30 s; see {}",
-                self.nodes[0].log.display()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// The ledger's applied tree size, as node 1 reports it.
-    pub(crate) async fn tree_size(&self) -> u64 {
-        let status = admin(self.nodes[0].client).await.status(v1::StatusRequest {}).await.expect("status");
-        status.into_inner().applied_tree_size
-    }
-
-    /// The inclusion proof of `record_id` against the latest published checkpoint, waiting
-    /// (up to 20 s) until it is published.
-    pub(crate) async fn proof(&self, record_id: &str) -> v1::GetInclusionProofResponse {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.nodes[0].client))
-            .expect("endpoint")
-            .connect_lazy();
-        let mut client = proto::LedgerClient::new(channel);
-        loop {
-            let request = v1::GetInclusionProofRequest {
-                leaf: Some(v1::get_inclusion_proof_request::Leaf::RecordId(record_id.to_owned())),
-                tree_size: None,
-            };
-            match client.get_inclusion_proof(request).await {
-                Ok(response) => return response.into_inner(),
-                Err(status) => {
-                    assert!(
-                        Instant::now() < deadline,
-                        "record {record_id} not provable after 20 s: {status}"
-                    );
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        }
-    }
-}
-
-impl Drop for LedgerCluster {
-    fn drop(&mut self) {
-        self.kill_all();
-    }
-}
-
-async fn admin(address: SocketAddr) -> proto::AdminClient<tonic::transport::Channel> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-        .expect("endpoint")
-        .connect_lazy();
-    proto::AdminClient::new(channel)
-}
-
-/// The `aegis-ledger` binary: `AEGIS_LEDGER_BIN`, or next to this test's target directory
-/// (built by `cargo test --workspace`), built on demand otherwise.
-fn ledger_binary() -> PathBuf {
-    if let Ok(path) = std::env::var("AEGIS_LEDGER_BIN") {
-        return PathBuf::from(path);
-    }
-    let exe = std::env::current_exe().expect("test executable path");
-    let target_profile = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
-    let binary = target_profile.join("aegis-ledger");
-    if !binary.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "ledger-node", "--bin", "aegis-ledger"])
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "building aegis-ledger failed");
-    }
-    binary
-}
-
-/// A port nobody listens on right now, below Linux's ephemeral range (32768 and up) so that no
-/// outgoing connection of a parallel test takes it while a ledger node restarts on it.
-pub(crate) fn free_port() -> SocketAddr {
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let _ = NEXT.compare_exchange(
-        0,
-        20_000 + (std::process::id() % 5_000) as u16,
-        Ordering::Relaxed,
-        Ordering::Relaxed,
-    );
-    loop {
-        let port = NEXT.fetch_add(1, Ordering::Relaxed);
-        assert!(port < 32_000, "ran out of test ports");
-        if let Ok(listener) = StdListener::bind(("127.0.0.1", port)) {
-            return listener.local_addr().expect("bound address");
-        }
-    }
-}
-
-async fn wait_for_port(address: SocketAddr, log: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(address).await.is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "ledger node at {address} did not start: {}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// Lowercase hex SHA-256 of `key`, as the configuration stores it.
 pub(crate) fn key_hash(key: &str) -> String {

@@ -1,0 +1,18 @@
+//! A harness that runs Aegis as its operators do: the real `aegis-ledger`, `aegis-gateway` and
+//! `aegisctl` binaries as separate processes on loopback, each with its own data directory and
+//! log file, which tests can kill, restart and put load balancers in front of. It links none of
+//! the binaries' internals: everything goes through their command lines, ports and files.
+
+mod binaries;
+mod cluster;
+mod gateway;
+mod ports;
+mod process;
+mod records;
+
+pub use crate::binaries::binary;
+pub use crate::cluster::{ClusterOptions, LedgerCluster, LedgerNode, ORIGIN};
+pub use crate::gateway::GatewayProcess;
+pub use crate::ports::free_port;
+pub use crate::process::{Process, wait_for_port};
+pub use crate::records::{audit_record, record_id};
