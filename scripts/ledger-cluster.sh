@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 data=${1:-target/ledger-cluster}
 origin=${AEGIS_ORIGIN:-aegis.local/ledger/dev}
 mkdir -p "$data"
-cargo build --release --quiet -p ledger-node --bins
+cargo build --release --quiet -p ledger-node -p aegisctl --bins
 : > "$data/pids"
 for i in 1 2 3; do
   # shellcheck disable=SC2086
@@ -29,7 +29,7 @@ for i in 1 2 3; do
   done
 done
 if ! [ -e "$data/initialised" ]; then
-  ./target/release/aegis-ledger-loadgen init --nodes 127.0.0.1:7410,127.0.0.1:7420,127.0.0.1:7430
+  ./target/release/aegisctl init --nodes 127.0.0.1:7410,127.0.0.1:7420,127.0.0.1:7430
   touch "$data/initialised"
 fi
 echo "cluster up: clients at 127.0.0.1:7410,127.0.0.1:7420,127.0.0.1:7430 (pids in $data/pids)"

@@ -93,7 +93,8 @@ pub fn describe(bytes: &[u8]) -> (Value, String) {
     line("audit mode", &audit_mode(policy.audit_mode));
     line("request sha256", &hex(&record.request_sha256));
     line("response sha256", &hex(&record.response_sha256));
-    line("trace id", &hex(&record.trace_id));
+    let trace_id = if record.trace_id.is_empty() { "(none)".to_owned() } else { hex(&record.trace_id) };
+    line("trace id", &trace_id);
     (value, text)
 }
 

@@ -26,6 +26,11 @@ pub struct Config {
     /// Where the OpenAI-compatible API, `/healthz`, `/readyz` and `/metrics` are served.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Bind `listen` with `SO_REUSEPORT`, so that several gateway processes on one host share
+    /// the port and the kernel spreads connections among them (and a restarting one leaves
+    /// the others serving).
+    #[serde(default)]
+    pub listen_reuse_port: bool,
     #[serde(default)]
     pub limits: LimitsConfig,
     /// Upstream providers, tried in order for the first whose `models` matches.

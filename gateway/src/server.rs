@@ -5,6 +5,7 @@
 //! the spool.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -18,7 +19,7 @@ use http::StatusCode;
 use http::header::CONTENT_TYPE;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -44,10 +45,22 @@ struct Ops {
 
 /// Binds `config.listen` and serves until `shutdown` completes.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(config.listen)
-        .await
+    let listener = bind(config.listen, config.listen_reuse_port)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     serve(config, listener, shutdown).await
+}
+
+/// A listener on `address`, shared with other processes when `reuse_port`.
+fn bind(address: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
+    /// Connections the kernel queues before accept: a burst on a busy gateway fits.
+    const ACCEPT_BACKLOG: u32 = 1024;
+    let socket = if address.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
+    socket.bind(address)?;
+    socket.listen(ACCEPT_BACKLOG)
 }
 
 /// Serves on an already bound listener (tests bind port 0) until `shutdown` completes.

@@ -35,9 +35,10 @@ pub async fn run(cluster: &Cluster, args: &ProveArgs) -> Result<Report, Failure>
     let response = loop {
         match client.get_inclusion_proof(request.clone()).await {
             Ok(response) => break response.into_inner(),
-            // Not yet in a published checkpoint: records are published within seconds.
+            // Not yet in a published checkpoint (records are published within seconds), or
+            // nothing published yet, or an election under way: ask again until the deadline.
             Err(status)
-                if matches!(status.code(), Code::NotFound | Code::OutOfRange)
+                if matches!(status.code(), Code::NotFound | Code::OutOfRange | Code::Unavailable)
                     && Instant::now() < deadline =>
             {
                 tokio::time::sleep(RETRY).await;
@@ -111,6 +112,7 @@ fn report(
         trust.quorum()
     );
     text.push_str(&lines);
+    text.push_str("checkpoint\n");
     text.push_str(&checkpoint::describe(verified));
     if let Some(bundle) = bundle {
         text.push_str(&format!(

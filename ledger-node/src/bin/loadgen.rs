@@ -1,7 +1,6 @@
-//! `aegis-ledger-loadgen`: drives a ledger cluster over gRPC, as gateways and auditors would.
+//! `aegis-ledger-loadgen`: drives a ledger cluster over gRPC, as gateways and auditors would
+//! (cluster administration is `aegisctl`'s).
 //!
-//! - `init`: joins already running nodes into one cluster (asks each for its Status, then
-//!   sends `Admin.Init` to the first).
 //! - `append`: appends audit records of a given size, either as fast as the cluster takes
 //!   them (closed loop) or at an offered rate (open loop, latency measured from the scheduled
 //!   send time so a slow cluster cannot hide its queueing), and reports records/s and
@@ -16,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use prost::Message as _;
 use proto::v1;
@@ -24,10 +23,7 @@ use tokio::sync::{Mutex, Semaphore};
 use tonic::transport::{Channel, Endpoint};
 
 #[derive(Parser)]
-#[command(
-    name = "aegis-ledger-loadgen",
-    about = "Load generator and bootstrap helper for an Aegis ledger cluster"
-)]
+#[command(name = "aegis-ledger-loadgen", about = "Load generator for an Aegis ledger cluster")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -35,20 +31,6 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Initialise a cluster from running nodes' client addresses (host:port), first one first.
-    Init {
-        #[arg(long, value_delimiter = ',', required = true)]
-        nodes: Vec<String>,
-    },
-    /// Add a running node to the cluster (as a learner, then a voter once it caught up).
-    AddNode {
-        /// Client address of the leader (or any member: followers refuse with the leader's address).
-        #[arg(long)]
-        leader: String,
-        /// Client address of the node to add.
-        #[arg(long)]
-        node: String,
-    },
     /// Append records and report throughput and acknowledgement latency.
     Append {
         /// Client addresses (host:port) to spread requests over; followers forward to the leader.
@@ -88,8 +70,6 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Init { nodes } => init(&nodes).await,
-        Command::AddNode { leader, node } => add_node(&leader, &node).await,
         Command::Append { targets, records, record_bytes, batch, concurrency, rate } => {
             append(&targets, records, record_bytes, batch, concurrency, rate).await
         }
@@ -101,42 +81,6 @@ async fn main() -> anyhow::Result<()> {
 
 fn channel(addr: &str) -> anyhow::Result<Channel> {
     Ok(Endpoint::from_shared(format!("http://{addr}"))?.tcp_nodelay(true).connect_lazy())
-}
-
-async fn init(nodes: &[String]) -> anyhow::Result<()> {
-    let mut members = Vec::new();
-    for addr in nodes {
-        let status = proto::AdminClient::new(channel(addr)?)
-            .status(v1::StatusRequest {})
-            .await
-            .with_context(|| format!("Status from {addr}"))?
-            .into_inner();
-        let Some(node) = status.node else {
-            bail!("{addr} does not report its identity: is it an Aegis ledger node?")
-        };
-        members.push(node);
-    }
-    let first = nodes.first().context("no nodes given")?;
-    proto::AdminClient::new(channel(first)?).init(v1::InitRequest { members: members.clone() }).await?;
-    for member in members {
-        println!(
-            "node {} peer {} client {} key {}",
-            member.node_id, member.peer_addr, member.client_addr, member.verifier_key
-        );
-    }
-    Ok(())
-}
-
-async fn add_node(leader: &str, addr: &str) -> anyhow::Result<()> {
-    let status = proto::AdminClient::new(channel(addr)?).status(v1::StatusRequest {}).await?.into_inner();
-    let node = status.node.context("the new node does not report its identity")?;
-    let started = Instant::now();
-    proto::AdminClient::new(channel(leader)?)
-        .add_node(v1::AddNodeRequest { node: Some(node.clone()), learner_only: false })
-        .await
-        .with_context(|| format!("AddNode on {leader}"))?;
-    println!("node {} ({addr}) joined as a voter in {:.2} s", node.node_id, started.elapsed().as_secs_f64());
-    Ok(())
 }
 
 /// Encoded AuditRecords of about `size` bytes, with fresh UUIDv7 ids.

@@ -1,0 +1,143 @@
+//! `scripts/local-stack.sh`, the README's first command: it starts the stack, the `curl` and
+//! `aegisctl prove` commands it prints succeed, Ctrl-C stops everything, and a second run reuses
+//! the data.
+
+use std::io::{BufRead as _, BufReader};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chaos_tests::{binary, free_port};
+
+/// Ports for the script: a gateway port and a base with the 23 ledger ports after it free.
+fn ports() -> (u16, u16) {
+    loop {
+        let base = free_port().port();
+        if (1..23).all(|offset| free_port().port() == base + offset) {
+            return (free_port().port(), base);
+        }
+    }
+}
+
+struct Stack {
+    child: Child,
+    printed: Vec<String>,
+}
+
+fn start(dir: &Path, gateway_port: u16, ledger_port: u16) -> Stack {
+    let bin_dir = binary("aegis-ledger").parent().expect("binary directory").to_owned();
+    for name in ["aegis-gateway", "aegisctl"] {
+        binary(name);
+    }
+    let mut child = Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/local-stack.sh"))
+        .env("AEGIS_BIN_DIR", &bin_dir)
+        .env("AEGIS_LOCAL_DIR", dir)
+        .env("AEGIS_LOCAL_GATEWAY_PORT", gateway_port.to_string())
+        .env("AEGIS_LOCAL_LEDGER_PORT", ledger_port.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("run scripts/local-stack.sh");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut printed = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.expect("script output");
+        let done = line.starts_with("Press Ctrl-C");
+        printed.push(line);
+        if done {
+            break;
+        }
+    }
+    assert!(
+        printed.last().is_some_and(|line| line.starts_with("Press Ctrl-C")),
+        "the stack did not start: {printed:?}"
+    );
+    // Keep draining stdout so the script never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Stack { child, printed }
+}
+
+impl Stack {
+    /// The command printed on the line after the one starting with `label`.
+    fn command_after(&self, label: &str) -> String {
+        let at = self
+            .printed
+            .iter()
+            .position(|line| line.starts_with(label))
+            .unwrap_or_else(|| panic!("no {label:?} in {:?}", self.printed));
+        self.printed[at + 1].trim().to_owned()
+    }
+
+    /// Ctrl-C, and wait for a clean stop.
+    fn interrupt(mut self) {
+        assert!(self.stop(), "the stack did not stop within 60 s of Ctrl-C");
+    }
+
+    /// Sends Ctrl-C (SIGINT) to the script; whether it exited within 60 s.
+    fn stop(&mut self) -> bool {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-INT", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while matches!(self.child.try_wait(), Ok(None)) {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        true
+    }
+}
+
+impl Drop for Stack {
+    /// A failed test still stops the stack it started.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.stop();
+        }
+    }
+}
+
+fn bash(command: &str) -> (bool, String) {
+    let output = Command::new("bash").args(["-c", command]).output().expect("run bash");
+    let text =
+        String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), text)
+}
+
+#[test]
+fn the_readmes_first_command_starts_a_provable_stack_and_stops_cleanly() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (gateway_port, ledger_port) = ports();
+
+    let stack = start(dir.path(), gateway_port, ledger_port);
+    let (ok, response) = bash(&stack.command_after("Send a chat completion"));
+    assert!(ok && response.contains("HTTP/1.1 200"), "the printed curl failed: {response}");
+    let record_id = response
+        .lines()
+        .find_map(|line| line.strip_prefix("x-aegis-record-id: "))
+        .expect("the response names its audit record")
+        .trim()
+        .to_owned();
+    let prove = stack.command_after("Prove that request").replace("RECORD_ID", &record_id);
+    let (ok, proof) = bash(&prove);
+    assert!(
+        ok && proof.contains("VERIFIED") && proof.contains(&record_id),
+        "the printed prove failed: {proof}"
+    );
+    let (ok, both) = bash(&stack.command_after("Both at once"));
+    assert!(ok && both.contains("VERIFIED"), "the printed one-liner failed: {both}");
+    stack.interrupt();
+    for port in [gateway_port, ledger_port, ledger_port + 10, ledger_port + 20] {
+        assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "port {port} still served after Ctrl-C");
+    }
+
+    // Again on the same data: the cluster is reused and the first record is still provable.
+    let stack = start(dir.path(), gateway_port, ledger_port);
+    let init = std::fs::read_to_string(dir.path().join("init.txt")).expect("init output");
+    assert!(init.contains("already initialised"), "{init}");
+    let (ok, proof) = bash(&prove);
+    assert!(ok && proof.contains("VERIFIED"), "the first record is gone after a restart: {proof}");
+    stack.interrupt();
+}
