@@ -89,6 +89,22 @@ async fn send(client: &HttpClient, balancer: SocketAddr, n: u64) -> Option<Answe
     Some(Answer { status, record_id })
 }
 
+/// A 5 MiB chat request (the gateway's chat limit is 4 MiB), sent through `balancer`.
+async fn oversized(balancer: SocketAddr) -> Answer {
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let filler = "a".repeat(5 * 1024 * 1024);
+    let body = format!(r#"{{"model":"mock-1","messages":[{{"role":"user","content":"{filler}"}}]}}"#);
+    let request = http::Request::post(format!("http://{balancer}/v1/chat/completions"))
+        .header("authorization", format!("Bearer {API_KEY}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .expect("request");
+    let response = client.request(request).await.expect("an answer to the oversized request");
+    let record_id =
+        response.headers().get("x-aegis-record-id").and_then(|value| value.to_str().ok()).map(str::to_owned);
+    Answer { status: response.status().as_u16(), record_id }
+}
+
 /// Clients sending mixed requests through `balancer` until `stop`; returns what they saw and how
 /// many requests got no answer from a gateway.
 async fn traffic(balancer: SocketAddr, stop: Arc<AtomicBool>) -> (Vec<Answer>, usize) {
@@ -251,6 +267,12 @@ async fn gateways_behind_nginx_and_haproxy_lose_no_record_while_one_restarts() {
             answers.len(),
             process.log_text()
         );
+        // A body over the gateway's limit gets the gateway's 413 through the balancer (not a
+        // reset connection the balancer would turn into a 502), and is audited like any answer.
+        let oversized = oversized(address).await;
+        assert_eq!(oversized.status, 413, "{balancer}: an oversized body must get the gateway's 413");
+        let mut answers = answers;
+        answers.push(oversized);
         // 502/503/504 written by the balancer itself carry no record id; judge only the
         // gateways' answers.
         let from_gateways: Vec<Answer> =

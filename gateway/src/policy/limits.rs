@@ -57,6 +57,7 @@ pub async fn read_body(headers: &HeaderMap, body: Body, body_bytes_max: usize) -
             ApiError::new(ErrorKind::InvalidRequest, "the Content-Length header is not a number")
         })?;
         if length > body_bytes_max as u64 {
+            discard_while_answering(body, length);
             return Err(too_large());
         }
     }
@@ -68,6 +69,30 @@ pub async fn read_body(headers: &HeaderMap, body: Body, body_bytes_max: usize) -
             format!("the request body could not be read: {error}"),
         )),
     }
+}
+
+/// Most bytes of a refused body read and thrown away so that the client (or a proxy such as
+/// nginx, which sends the body while it waits) receives the 413 instead of a connection reset.
+const DISCARD_BYTES_MAX: u64 = 64 * 1024 * 1024;
+/// How long a refused body is read at most, like nginx's `lingering_time`.
+const DISCARD_TIME_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Reads and drops a refused body in the background while the 413 goes out (a "lingering
+/// close"): answering and closing at once would reset the connection under a client that is
+/// still sending, and it would see an error instead of the 413 (nginx turns that into a 502).
+/// Bounded by [`DISCARD_BYTES_MAX`] and [`DISCARD_TIME_MAX`]; beyond either the connection is
+/// closed as before.
+fn discard_while_answering(body: Body, declared_length: u64) {
+    if declared_length > DISCARD_BYTES_MAX {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut body = body;
+        let _ = tokio::time::timeout(DISCARD_TIME_MAX, async {
+            while let Some(Ok(_frame)) = body.frame().await {}
+        })
+        .await;
+    });
 }
 
 /// Checks the body is a JSON object no deeper than `json_depth_max` with at most
