@@ -1,0 +1,686 @@
+//! OpenTelemetry trace export (OTLP over gRPC) and W3C trace-context propagation for Aegis.
+//!
+//! # What this crate does
+//!
+//! * [`init`] builds an OpenTelemetry tracer provider that exports spans over OTLP/gRPC through a
+//!   bounded [`BatchSpanProcessor`] and returns a `tracing_subscriber` layer that turns `tracing`
+//!   spans into OpenTelemetry spans. It does **not** install a global subscriber: the caller composes
+//!   the layer with its own fmt/log layers. When no endpoint is configured, no layer is returned at
+//!   all (`None` is a no-op layer), so tracing export costs nothing.
+//! * [`extract_http`] / [`inject_http`] and [`extract_tonic`] / [`inject_tonic`] (plus
+//!   [`TraceContextInterceptor`] and [`set_parent_from_tonic`]) carry W3C `traceparent` /
+//!   `tracestate` across HTTP and gRPC hops.
+//! * [`current_trace_ids`] / [`current_traceparent`] expose the current span's ids, e.g. to stamp
+//!   them into an audit record or a response header.
+//! * [`add_links`] attaches OpenTelemetry span links (e.g. a batch span linked to every request span
+//!   it carries).
+//!
+//! # Composing the layer
+//!
+//! ```no_run
+//! use tracing_subscriber::layer::SubscriberExt;
+//! use tracing_subscriber::util::SubscriberInitExt;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! // Inside the Tokio runtime (the gRPC channel is created there).
+//! let config = telemetry::TracingConfig::from_env("aegis-gateway")?;
+//! let (otel_layer, guard) = telemetry::init(&config)?;
+//! let fmt_layer = tracing_subscriber::fmt::layer();
+//! tracing_subscriber::registry()
+//!     .with(otel_layer) // `None` when no OTLP endpoint is configured: a no-op.
+//!     .with(fmt_layer)
+//!     .with(tracing_subscriber::EnvFilter::from_default_env())
+//!     .init();
+//!
+//! // ... run the service ...
+//!
+//! // Flushes what is queued and shuts the exporter down, bounded by `config.shutdown_timeout`.
+//! // This blocks the calling thread: call it outside async code, or from `spawn_blocking`.
+//! tokio::task::spawn_blocking(move || guard.shutdown()).await??;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Environment variables
+//!
+//! Read by [`TracingConfig::from_env`] (this crate):
+//! `OTEL_SDK_DISABLED`, `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, `OTEL_EXPORTER_OTLP_ENDPOINT`,
+//! `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, `OTEL_EXPORTER_OTLP_PROTOCOL` (only `grpc` is accepted;
+//! `http/protobuf` and `http/json` are rejected with [`Error::UnsupportedProtocol`] because they
+//! would need the HTTP client features of `opentelemetry-otlp`), `OTEL_SERVICE_NAME`,
+//! `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG` (parsed strictly: a typo is an error at start-up,
+//! where the SDK would silently fall back to `parentbased_always_on`).
+//!
+//! Read by the OpenTelemetry crates themselves (this crate does not override them unless the
+//! corresponding [`TracingConfig`] field is `Some`):
+//! * `OTEL_RESOURCE_ATTRIBUTES`: parsed by the SDK's `EnvResourceDetector`, called from
+//!   [`TracingConfig::from_env`]; values are not percent-decoded by the SDK.
+//! * `OTEL_BSP_MAX_QUEUE_SIZE` (default 2048), `OTEL_BSP_SCHEDULE_DELAY` (5000 ms),
+//!   `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` (512): read by the SDK's `BatchConfigBuilder`.
+//!   `OTEL_BSP_EXPORT_TIMEOUT` is ignored by the thread-based batch processor; the export deadline is
+//!   the exporter's timeout below.
+//! * `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT` / `OTEL_EXPORTER_OTLP_TIMEOUT` (default 10 s),
+//!   `OTEL_EXPORTER_OTLP_[TRACES_]HEADERS`, `OTEL_EXPORTER_OTLP_[TRACES_]COMPRESSION` (needs the
+//!   `gzip-tonic`/`zstd-tonic` features, not enabled), `OTEL_EXPORTER_OTLP_[TRACES_]INSECURE`: read by
+//!   `opentelemetry-otlp`'s tonic exporter.
+//! * `OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT`, `OTEL_SPAN_EVENT_COUNT_LIMIT`, `OTEL_SPAN_LINK_COUNT_LIMIT`
+//!   (default 128 links per span): read by the SDK's trace `Config`.
+//!
+//! # Runtime requirements
+//!
+//! [`init`] with an endpoint must run inside a Tokio runtime (the lazily connecting gRPC channel
+//! spawns its worker task there); use the multi-threaded runtime, because flush and shutdown block
+//! the calling thread while the export itself needs the runtime to make progress. An `https://`
+//! endpoint needs one of `opentelemetry-otlp`'s TLS features (e.g. `tls-ring`), not enabled here.
+
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::time::Duration;
+
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::{SpanContext, TraceContextExt, TracerProvider as _};
+use opentelemetry::{Key, KeyValue};
+use opentelemetry_otlp::{SpanExporter, WithExportConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::resource::{EnvResourceDetector, ResourceDetector, TelemetryResourceDetector};
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider,
+};
+use tracing_opentelemetry::{OpenTelemetryLayer, OpenTelemetrySpanExt};
+use tracing_subscriber::Layer;
+use tracing_subscriber::filter::{Filtered, LevelFilter, Targets};
+use tracing_subscriber::registry::LookupSpan;
+
+pub use opentelemetry::Context;
+pub use tracing_opentelemetry::SetParentError;
+
+/// The OpenTelemetry layer returned by [`init`]: `tracing-opentelemetry`'s layer behind a per-layer
+/// filter that keeps the exporter's own transport stack (h2, hyper, tonic, tower, opentelemetry)
+/// out of the exported spans, so exporting never produces more spans to export.
+pub type OtelLayer<S> = Filtered<OpenTelemetryLayer<S, SdkTracer>, Targets, S>;
+
+/// Instrumentation scope name given to the tracer.
+const TRACER_NAME: &str = "aegis";
+
+/// Default bound on [`TelemetryGuard::shutdown`] and on the guard's `Drop`.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Errors from configuring or shutting down trace export.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// `OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL` names a protocol other than `grpc`.
+    #[error("{var}={value:?} is not supported: only \"grpc\" OTLP export is built in")]
+    UnsupportedProtocol {
+        /// The variable that was read.
+        var: &'static str,
+        /// Its value.
+        value: String,
+    },
+    /// An environment variable has a value that cannot be used.
+    #[error("invalid {var}={value:?}: {reason}")]
+    InvalidEnv {
+        /// The variable that was read.
+        var: &'static str,
+        /// Its value.
+        value: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+    /// [`init`] was called with an endpoint outside a Tokio runtime.
+    #[error("OTLP trace export must be initialised inside a Tokio runtime")]
+    NoTokioRuntime,
+    /// The OTLP exporter could not be built (bad endpoint URI, https without a TLS feature, ...).
+    #[error("building the OTLP span exporter: {0}")]
+    Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+    /// Flushing or shutting down the tracer provider failed or timed out.
+    #[error("OpenTelemetry SDK: {0}")]
+    Sdk(#[from] opentelemetry_sdk::error::OTelSdkError),
+}
+
+/// Head sampler, as named by `OTEL_TRACES_SAMPLER`.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum SamplerConfig {
+    /// `always_on`.
+    AlwaysOn,
+    /// `always_off`.
+    AlwaysOff,
+    /// `traceidratio`, with the ratio in `[0, 1]`.
+    TraceIdRatio(f64),
+    /// `parentbased_always_on` (the specification's default).
+    #[default]
+    ParentBasedAlwaysOn,
+    /// `parentbased_always_off`.
+    ParentBasedAlwaysOff,
+    /// `parentbased_traceidratio`, with the ratio in `[0, 1]`.
+    ParentBasedTraceIdRatio(f64),
+}
+
+impl SamplerConfig {
+    /// Parses `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG` values. The argument is only used by
+    /// the ratio samplers; when it is absent they sample everything (ratio 1.0), as specified.
+    pub fn parse(name: &str, arg: Option<&str>) -> Result<Self, Error> {
+        let ratio = || -> Result<f64, Error> {
+            let Some(arg) = arg.map(str::trim).filter(|a| !a.is_empty()) else {
+                return Ok(1.0);
+            };
+            let invalid = || Error::InvalidEnv {
+                var: "OTEL_TRACES_SAMPLER_ARG",
+                value: arg.to_owned(),
+                reason: "expected a number between 0 and 1",
+            };
+            let ratio: f64 = arg.parse().map_err(|_| invalid())?;
+            if (0.0..=1.0).contains(&ratio) { Ok(ratio) } else { Err(invalid()) }
+        };
+        match name.trim() {
+            "always_on" => Ok(SamplerConfig::AlwaysOn),
+            "always_off" => Ok(SamplerConfig::AlwaysOff),
+            "traceidratio" => Ok(SamplerConfig::TraceIdRatio(ratio()?)),
+            "parentbased_always_on" => Ok(SamplerConfig::ParentBasedAlwaysOn),
+            "parentbased_always_off" => Ok(SamplerConfig::ParentBasedAlwaysOff),
+            "parentbased_traceidratio" => Ok(SamplerConfig::ParentBasedTraceIdRatio(ratio()?)),
+            other => Err(Error::InvalidEnv {
+                var: "OTEL_TRACES_SAMPLER",
+                value: other.to_owned(),
+                reason: "expected always_on, always_off, traceidratio, parentbased_always_on, \
+                         parentbased_always_off or parentbased_traceidratio",
+            }),
+        }
+    }
+
+    fn to_sdk(self) -> Sampler {
+        match self {
+            SamplerConfig::AlwaysOn => Sampler::AlwaysOn,
+            SamplerConfig::AlwaysOff => Sampler::AlwaysOff,
+            SamplerConfig::TraceIdRatio(r) => Sampler::TraceIdRatioBased(r),
+            SamplerConfig::ParentBasedAlwaysOn => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+            SamplerConfig::ParentBasedAlwaysOff => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
+            SamplerConfig::ParentBasedTraceIdRatio(r) => {
+                Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(r)))
+            }
+        }
+    }
+}
+
+/// Trace export settings. Build it with [`TracingConfig::from_env`] in services, or with
+/// [`TracingConfig::new`] and field assignments in tests (no process environment involved).
+#[derive(Debug, Clone)]
+pub struct TracingConfig {
+    /// OTLP/gRPC collector endpoint, e.g. `http://127.0.0.1:4317`. `None`: export is off and
+    /// [`init`] returns no layer.
+    pub endpoint: Option<String>,
+    /// The resource's `service.name`.
+    pub service_name: String,
+    /// Further resource attributes (`service.name` here is overridden by [`Self::service_name`]).
+    pub resource_attributes: Vec<KeyValue>,
+    /// Head sampler.
+    pub sampler: SamplerConfig,
+    /// Bound of the span queue; spans ending while it is full are dropped. `None`: the SDK's value
+    /// (`OTEL_BSP_MAX_QUEUE_SIZE`, default 2048).
+    pub max_queue_size: Option<usize>,
+    /// Spans per export request. `None`: `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, default 512.
+    pub max_export_batch_size: Option<usize>,
+    /// Delay between periodic exports. `None`: `OTEL_BSP_SCHEDULE_DELAY`, default 5 s.
+    pub scheduled_delay: Option<Duration>,
+    /// Deadline of one export request, retries included. `None`: the exporter's value
+    /// (`OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`, `OTEL_EXPORTER_OTLP_TIMEOUT`, default 10 s).
+    pub export_timeout: Option<Duration>,
+    /// Bound on the final flush in [`TelemetryGuard::shutdown`] and the guard's `Drop`.
+    pub shutdown_timeout: Duration,
+}
+
+impl TracingConfig {
+    /// A configuration with export off, the given service name and SDK defaults elsewhere.
+    pub fn new(service_name: impl Into<String>) -> Self {
+        TracingConfig {
+            endpoint: None,
+            service_name: service_name.into(),
+            resource_attributes: Vec::new(),
+            sampler: SamplerConfig::default(),
+            max_queue_size: None,
+            max_export_batch_size: None,
+            scheduled_delay: None,
+            export_timeout: None,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+        }
+    }
+
+    /// Reads the standard `OTEL_*` variables (see the crate documentation for the list).
+    /// `service_name_default` is used when neither `OTEL_SERVICE_NAME` nor a `service.name` entry in
+    /// `OTEL_RESOURCE_ATTRIBUTES` is set.
+    pub fn from_env(service_name_default: &str) -> Result<Self, Error> {
+        let resource = EnvResourceDetector::new().detect();
+        let mut config = Self::from_lookup(service_name_default, |name| std::env::var(name).ok())?;
+        let service_key = Key::from_static_str("service.name");
+        if std::env::var("OTEL_SERVICE_NAME").ok().is_none_or(|v| v.trim().is_empty())
+            && let Some(name) = resource.get(&service_key)
+        {
+            config.service_name = name.to_string();
+        }
+        config.resource_attributes = resource
+            .iter()
+            .filter(|(k, _)| **k != service_key)
+            .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
+            .collect();
+        Ok(config)
+    }
+
+    /// [`Self::from_env`] without `OTEL_RESOURCE_ATTRIBUTES`, reading variables through `lookup`.
+    fn from_lookup(
+        service_name_default: &str,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, Error> {
+        let get = |name: &str| lookup(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let mut config =
+            TracingConfig::new(get("OTEL_SERVICE_NAME").unwrap_or_else(|| service_name_default.to_owned()));
+
+        if let Some(disabled) = get("OTEL_SDK_DISABLED") {
+            match disabled.to_ascii_lowercase().as_str() {
+                "true" => return Ok(config),
+                "false" => {}
+                _ => {
+                    return Err(Error::InvalidEnv {
+                        var: "OTEL_SDK_DISABLED",
+                        value: disabled,
+                        reason: "expected true or false",
+                    });
+                }
+            }
+        }
+
+        for var in ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"] {
+            if let Some(protocol) = get(var) {
+                if protocol != "grpc" {
+                    return Err(Error::UnsupportedProtocol { var, value: protocol });
+                }
+                break;
+            }
+        }
+
+        config.endpoint =
+            get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| get("OTEL_EXPORTER_OTLP_ENDPOINT"));
+
+        if let Some(sampler) = get("OTEL_TRACES_SAMPLER") {
+            config.sampler = SamplerConfig::parse(&sampler, get("OTEL_TRACES_SAMPLER_ARG").as_deref())?;
+        }
+        Ok(config)
+    }
+}
+
+/// Owns the tracer provider. Dropping it (or calling [`Self::shutdown`]) flushes queued spans and
+/// shuts the exporter down, waiting at most [`TracingConfig::shutdown_timeout`]. Both block the
+/// calling thread; in async code call them from `spawn_blocking`.
+#[must_use = "dropping the guard shuts trace export down"]
+#[derive(Debug)]
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
+    shutdown_timeout: Duration,
+}
+
+impl TelemetryGuard {
+    /// Whether spans are being exported.
+    pub fn is_enabled(&self) -> bool {
+        self.provider.is_some()
+    }
+
+    /// The tracer provider, e.g. for `opentelemetry::global::set_tracer_provider`.
+    pub fn provider(&self) -> Option<&SdkTracerProvider> {
+        self.provider.as_ref()
+    }
+
+    /// Exports every span that has ended so far. Blocks; bounded by the SDK (5 s).
+    pub fn force_flush(&self) -> Result<(), Error> {
+        match &self.provider {
+            Some(provider) => Ok(provider.force_flush()?),
+            None => Ok(()),
+        }
+    }
+
+    /// Flushes and shuts down, waiting at most the configured shutdown timeout.
+    pub fn shutdown(mut self) -> Result<(), Error> {
+        self.shutdown_inner()
+    }
+
+    fn shutdown_inner(&mut self) -> Result<(), Error> {
+        match self.provider.take() {
+            Some(provider) => Ok(provider.shutdown_with_timeout(self.shutdown_timeout)?),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        // Errors (timeout, collector down) are reported by the SDK's internal logs; nothing to do.
+        let _ = self.shutdown_inner();
+    }
+}
+
+/// Targets whose spans never reach the OpenTelemetry layer: the exporter's own transport.
+fn exporter_feedback_filter() -> Targets {
+    Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_target("h2", LevelFilter::OFF)
+        .with_target("hyper", LevelFilter::OFF)
+        .with_target("tonic::", LevelFilter::OFF)
+        .with_target("tower::", LevelFilter::OFF)
+        .with_target("opentelemetry", LevelFilter::OFF)
+}
+
+/// Sets the global text-map propagator to W3C TraceContext and, when `config.endpoint` is set,
+/// builds the OTLP/gRPC exporter, a bounded [`BatchSpanProcessor`] and the tracer provider.
+///
+/// Returns the layer to add to the caller's subscriber (`None` when export is off: no
+/// OpenTelemetry code runs per span then) and the guard that shuts export down. The global tracer
+/// provider is left alone (see [`TelemetryGuard::provider`]).
+///
+/// An unreachable collector never blocks the application: spans are handed to the processor with
+/// a non-blocking send and dropped when the queue is full; exports run on the processor's own
+/// thread, each bounded by the export timeout.
+pub fn init<S>(config: &TracingConfig) -> Result<(Option<OtelLayer<S>>, TelemetryGuard), Error>
+where
+    S: tracing::Subscriber + for<'span> LookupSpan<'span>,
+{
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let Some(endpoint) = config.endpoint.clone() else {
+        return Ok((None, TelemetryGuard { provider: None, shutdown_timeout: config.shutdown_timeout }));
+    };
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Err(Error::NoTokioRuntime);
+    }
+
+    let mut exporter = SpanExporter::builder().with_tonic().with_endpoint(endpoint);
+    if let Some(timeout) = config.export_timeout {
+        exporter = exporter.with_timeout(timeout);
+    }
+    let exporter = exporter.build()?;
+
+    // `BatchConfigBuilder::default()` reads OTEL_BSP_*; only explicit settings override them.
+    let mut batch = BatchConfigBuilder::default();
+    if let Some(size) = config.max_queue_size {
+        batch = batch.with_max_queue_size(size);
+    }
+    if let Some(size) = config.max_export_batch_size {
+        batch = batch.with_max_export_batch_size(size);
+    }
+    if let Some(delay) = config.scheduled_delay {
+        batch = batch.with_scheduled_delay(delay);
+    }
+    let processor = BatchSpanProcessor::builder(exporter).with_batch_config(batch.build()).build();
+
+    let resource = Resource::builder_empty()
+        .with_detector(Box::new(TelemetryResourceDetector))
+        .with_attributes(config.resource_attributes.iter().cloned())
+        .with_service_name(config.service_name.clone())
+        .build();
+    let provider = SdkTracerProvider::builder()
+        .with_span_processor(processor)
+        .with_sampler(config.sampler.to_sdk())
+        .with_resource(resource)
+        .build();
+
+    let layer = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer(TRACER_NAME))
+        .with_filter(exporter_feedback_filter());
+    Ok((Some(layer), TelemetryGuard { provider: Some(provider), shutdown_timeout: config.shutdown_timeout }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// W3C propagation.
+//
+// The helpers always use W3C TraceContext (`traceparent`, `tracestate`) whatever the global
+// propagator is; `init` installs the same propagator globally for third-party instrumentation.
+// ---------------------------------------------------------------------------------------------
+
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
+
+struct HeaderInjector<'a>(&'a mut http::HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        // The propagator only produces valid names and values; skip anything else rather than fail.
+        if let (Ok(name), Ok(value)) =
+            (http::HeaderName::from_bytes(key.as_bytes()), http::HeaderValue::from_str(&value))
+        {
+            self.0.insert(name, value);
+        }
+    }
+}
+
+struct MetadataExtractor<'a>(&'a tonic::metadata::MetadataMap);
+
+impl Extractor for MetadataExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0
+            .keys()
+            .filter_map(|k| match k {
+                tonic::metadata::KeyRef::Ascii(k) => Some(k.as_str()),
+                tonic::metadata::KeyRef::Binary(_) => None,
+            })
+            .collect()
+    }
+}
+
+struct MetadataInjector<'a>(&'a mut tonic::metadata::MetadataMap);
+
+impl Injector for MetadataInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(key), Ok(value)) = (
+            tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
+            tonic::metadata::MetadataValue::try_from(value.as_str()),
+        ) {
+            self.0.insert(key, value);
+        }
+    }
+}
+
+/// Reads `traceparent` / `tracestate` from HTTP headers. Without a valid `traceparent` the result
+/// holds no remote span (`cx.span().span_context().is_valid()` is false).
+pub fn extract_http(headers: &http::HeaderMap) -> Context {
+    TraceContextPropagator::new().extract(&HeaderExtractor(headers))
+}
+
+/// Writes `traceparent` (and `tracestate` if any) for the span in `cx` into HTTP headers, replacing
+/// existing values. Does nothing when `cx` holds no valid span (e.g. export is off).
+pub fn inject_http(cx: &Context, headers: &mut http::HeaderMap) {
+    TraceContextPropagator::new().inject_context(cx, &mut HeaderInjector(headers));
+}
+
+/// Reads `traceparent` / `tracestate` from gRPC request metadata.
+pub fn extract_tonic(metadata: &tonic::metadata::MetadataMap) -> Context {
+    TraceContextPropagator::new().extract(&MetadataExtractor(metadata))
+}
+
+/// Writes `traceparent` (and `tracestate` if any) for the span in `cx` into gRPC metadata.
+pub fn inject_tonic(cx: &Context, metadata: &mut tonic::metadata::MetadataMap) {
+    TraceContextPropagator::new().inject_context(cx, &mut MetadataInjector(metadata));
+}
+
+/// Client-side tonic interceptor that injects the current `tracing` span's context, e.g.
+/// `MyClient::with_interceptor(channel, TraceContextInterceptor)`. The call must run inside the
+/// caller's span (`.instrument(span)` or an entered span) for there to be anything to inject.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TraceContextInterceptor;
+
+impl tonic::service::Interceptor for TraceContextInterceptor {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        inject_tonic(&tracing::Span::current().context(), request.metadata_mut());
+        Ok(request)
+    }
+}
+
+/// Makes the remote span found in `cx` the OpenTelemetry parent of `span`.
+///
+/// Returns `Ok(false)` and leaves `span` alone when `cx` has no valid remote span (so it keeps its
+/// local parent). Must be called before `span` is first entered. Errors: `LayerNotFound` when no
+/// OpenTelemetry layer is installed (export off: harmless), `AlreadyStarted`, `SpanDisabled`.
+pub fn set_remote_parent(span: &tracing::Span, cx: Context) -> Result<bool, SetParentError> {
+    if !cx.span().span_context().is_valid() {
+        return Ok(false);
+    }
+    span.set_parent(cx)?;
+    Ok(true)
+}
+
+/// Server side of a gRPC hop: [`set_remote_parent`] with the context found in `request`'s metadata.
+pub fn set_parent_from_tonic<T>(
+    span: &tracing::Span,
+    request: &tonic::Request<T>,
+) -> Result<bool, SetParentError> {
+    set_remote_parent(span, extract_tonic(request.metadata()))
+}
+
+/// Server side of an HTTP hop: [`set_remote_parent`] with the context found in `headers`.
+pub fn set_parent_from_http(span: &tracing::Span, headers: &http::HeaderMap) -> Result<bool, SetParentError> {
+    set_remote_parent(span, extract_http(headers))
+}
+
+/// The OpenTelemetry span context of a `tracing` span, if it has a valid one (export on, span
+/// enabled). Starts the OpenTelemetry span if it was not started yet.
+pub fn span_context(span: &tracing::Span) -> Option<SpanContext> {
+    let cx = span.context();
+    let otel_span = cx.span();
+    let sc = otel_span.span_context();
+    sc.is_valid().then(|| sc.clone())
+}
+
+/// Trace id (16 bytes) and span id (8 bytes) of the current `tracing` span, or `None` when there is
+/// no current span or export is off.
+pub fn current_trace_ids() -> Option<([u8; 16], [u8; 8])> {
+    span_context(&tracing::Span::current()).map(|sc| (sc.trace_id().to_bytes(), sc.span_id().to_bytes()))
+}
+
+/// The W3C `traceparent` value of the current span (`00-<trace id>-<span id>-<flags>`), or `None`.
+pub fn current_traceparent() -> Option<String> {
+    span_context(&tracing::Span::current())
+        .map(|sc| format!("00-{}-{}-{:02x}", sc.trace_id(), sc.span_id(), sc.trace_flags().to_u8()))
+}
+
+/// Adds an OpenTelemetry link from `span` to each of `linked` (invalid contexts are skipped).
+///
+/// Typical use: a Raft batch/append span linked to every request span whose entry it carries,
+/// collected with [`span_context`] when each request was enqueued. Links added before the span is
+/// first entered go into its start data (visible to samplers); later ones are added to the live
+/// span. The SDK keeps at most 128 links per span by default (`OTEL_SPAN_LINK_COUNT_LIMIT`).
+pub fn add_links(span: &tracing::Span, linked: impl IntoIterator<Item = SpanContext>) {
+    for sc in linked {
+        span.add_link(sc);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Result<TracingConfig, Error> {
+        let map: HashMap<String, String> =
+            vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        TracingConfig::from_lookup("default-svc", |name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn no_endpoint_means_off() {
+        let c = config(&[]).expect("valid");
+        assert_eq!(c.endpoint, None);
+        assert_eq!(c.service_name, "default-svc");
+        assert_eq!(c.sampler, SamplerConfig::ParentBasedAlwaysOn);
+    }
+
+    #[test]
+    fn traces_endpoint_wins_and_service_name_is_read() {
+        let c = config(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://generic:4317"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://traces:4317"),
+            ("OTEL_SERVICE_NAME", "gw"),
+        ])
+        .expect("valid");
+        assert_eq!(c.endpoint.as_deref(), Some("http://traces:4317"));
+        assert_eq!(c.service_name, "gw");
+        let c = config(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://generic:4317")]).expect("valid");
+        assert_eq!(c.endpoint.as_deref(), Some("http://generic:4317"));
+    }
+
+    #[test]
+    fn sdk_disabled_turns_export_off() {
+        let c = config(&[("OTEL_SDK_DISABLED", "TRUE"), ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://x:4317")])
+            .expect("valid");
+        assert_eq!(c.endpoint, None);
+        assert!(config(&[("OTEL_SDK_DISABLED", "yes")]).is_err());
+    }
+
+    #[test]
+    fn only_grpc_protocol_is_accepted() {
+        assert!(config(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")]).is_ok());
+        let err = config(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")]).expect_err("http");
+        assert!(matches!(err, Error::UnsupportedProtocol { var: "OTEL_EXPORTER_OTLP_PROTOCOL", .. }));
+        // The signal-specific variable takes precedence over the generic one.
+        assert!(
+            config(&[
+                ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+            ])
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn samplers_parse() {
+        let cases = [
+            ("always_on", None, SamplerConfig::AlwaysOn),
+            ("always_off", None, SamplerConfig::AlwaysOff),
+            ("traceidratio", Some("0.25"), SamplerConfig::TraceIdRatio(0.25)),
+            ("traceidratio", None, SamplerConfig::TraceIdRatio(1.0)),
+            ("parentbased_always_on", None, SamplerConfig::ParentBasedAlwaysOn),
+            ("parentbased_always_off", None, SamplerConfig::ParentBasedAlwaysOff),
+            ("parentbased_traceidratio", Some("0.5"), SamplerConfig::ParentBasedTraceIdRatio(0.5)),
+        ];
+        for (name, arg, want) in cases {
+            assert_eq!(SamplerConfig::parse(name, arg).expect(name), want);
+        }
+        assert!(SamplerConfig::parse("traceidratio", Some("1.5")).is_err());
+        assert!(SamplerConfig::parse("traceidratio", Some("half")).is_err());
+        assert!(SamplerConfig::parse("jaeger_remote", None).is_err());
+        let c = config(&[("OTEL_TRACES_SAMPLER", "traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "0.1")])
+            .expect("valid");
+        assert_eq!(c.sampler, SamplerConfig::TraceIdRatio(0.1));
+    }
+
+    #[test]
+    fn http_header_round_trip_without_layer_carries_remote_context() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            "traceparent",
+            http::HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        );
+        let cx = extract_http(&headers);
+        let sc = cx.span().span_context().clone();
+        assert!(sc.is_valid() && sc.is_remote());
+        assert_eq!(format!("{}", sc.trace_id()), "0af7651916cd43dd8448eb211c80319c");
+        let mut out = http::HeaderMap::new();
+        inject_http(&cx, &mut out);
+        assert_eq!(
+            out.get("traceparent").and_then(|v| v.to_str().ok()),
+            Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+        );
+        // No current span without a subscriber.
+        assert_eq!(current_trace_ids(), None);
+        assert_eq!(current_traceparent(), None);
+    }
+}

@@ -1,0 +1,78 @@
+//! An unreachable or unresponsive collector never blocks span creation.
+
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use telemetry::TracingConfig;
+use tracing_subscriber::layer::SubscriberExt;
+
+const SPANS: usize = 100_000;
+/// Far above the time 100k spans take here, far below what a blocking queue would need.
+const DEADLINE: Duration = Duration::from_secs(120);
+
+fn config(endpoint: String) -> TracingConfig {
+    let mut config = TracingConfig::new("unreachable-test");
+    config.endpoint = Some(endpoint);
+    config.max_queue_size = Some(256);
+    config.max_export_batch_size = Some(64);
+    config.scheduled_delay = Some(Duration::from_millis(50));
+    config.export_timeout = Some(Duration::from_secs(2));
+    config.shutdown_timeout = Duration::from_secs(1);
+    config
+}
+
+/// Creates `SPANS` spans (each with a child) on a plain thread and fails if that does not finish
+/// before `DEADLINE`; then checks that shutdown is bounded too.
+async fn spans_do_not_block(config: TracingConfig) {
+    let (layer, guard) = telemetry::init(&config).expect("init");
+    assert!(guard.is_enabled());
+    let subscriber = tracing_subscriber::registry().with(layer);
+
+    let (done_tx, done_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let start = Instant::now();
+        tracing::subscriber::with_default(subscriber, || {
+            for i in 0..SPANS / 2 {
+                let parent = tracing::info_span!("request", otel.kind = "server", i);
+                let _entered = parent.enter();
+                tracing::info_span!("child").in_scope(|| {});
+            }
+        });
+        let _ = done_tx.send(start.elapsed());
+    });
+    let elapsed = tokio::task::spawn_blocking(move || done_rx.recv_timeout(DEADLINE))
+        .await
+        .expect("join")
+        .expect("creating spans blocked on the exporter");
+    eprintln!("{SPANS} spans in {elapsed:?}");
+
+    let start = Instant::now();
+    let result = tokio::task::spawn_blocking(move || guard.shutdown()).await.expect("join");
+    let shutdown = start.elapsed();
+    eprintln!("shutdown after {shutdown:?}: {result:?}");
+    assert!(shutdown < Duration::from_secs(15), "shutdown took {shutdown:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_port_does_not_block() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("address").port()
+    }; // Closed again here: connections are refused.
+    spans_do_not_block(config(format!("http://127.0.0.1:{port}"))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn black_hole_collector_does_not_block() {
+    // Accepts connections and never answers: every export waits for its full timeout.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let hole = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    spans_do_not_block(config(format!("http://{addr}"))).await;
+    hole.abort();
+}
