@@ -6,6 +6,7 @@
 mod binaries;
 mod cluster;
 mod gateway;
+pub mod otlp;
 mod ports;
 mod process;
 mod records;

@@ -25,6 +25,8 @@ pub struct ResponseAnalyzer {
     usage: Option<v1::TokenUsage>,
     token_count: u64,
     finish_reason: String,
+    /// The model the response names (`model`, or Anthropic's `message.model`), bounded.
+    model: String,
     entropy_count: u64,
     entropy_sum_bits: f64,
     entropy_min_bits: f64,
@@ -37,6 +39,7 @@ pub struct ResponseAnalyzer {
 struct Event {
     choices: Vec<Choice>,
     usage: Option<Usage>,
+    model: Option<String>,
     /// Anthropic: `message_start` carries the input usage in `message`.
     message: Option<AnthropicMessage>,
     /// Anthropic: `content_block_delta` / `message_delta`.
@@ -98,12 +101,22 @@ struct Usage {
 #[serde(default)]
 struct AnthropicMessage {
     usage: Option<Usage>,
+    model: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct ContentBlock {
     text: Option<String>,
+}
+
+/// `text` cut to at most [`FINISH_REASON_BYTES_MAX`] bytes on a character boundary.
+fn bounded(text: &str) -> &str {
+    let end = (0..=text.len().min(FINISH_REASON_BYTES_MAX))
+        .rev()
+        .find(|&end| text.is_char_boundary(end))
+        .unwrap_or(0);
+    &text[..end]
 }
 
 impl ResponseAnalyzer {
@@ -156,6 +169,14 @@ impl ResponseAnalyzer {
     }
 
     fn absorb(&mut self, event: &Event, streamed: bool) {
+        if self.model.is_empty()
+            && let Some(model) = event
+                .model
+                .as_deref()
+                .or_else(|| event.message.as_ref().and_then(|message| message.model.as_deref()))
+        {
+            self.model = bounded(model).to_owned();
+        }
         if let Some(usage) = event.usage.or_else(|| event.message.as_ref().and_then(|message| message.usage))
         {
             self.merge_usage(usage);
@@ -206,11 +227,17 @@ impl ResponseAnalyzer {
     }
 
     fn set_finish_reason(&mut self, reason: &str) {
-        let end = (0..=reason.len().min(FINISH_REASON_BYTES_MAX))
-            .rev()
-            .find(|&end| reason.is_char_boundary(end))
-            .unwrap_or(0);
-        reason[..end].clone_into(&mut self.finish_reason);
+        bounded(reason).clone_into(&mut self.finish_reason);
+    }
+
+    /// The model the upstream says answered, if it said.
+    pub fn response_model(&self) -> Option<&str> {
+        (!self.model.is_empty()).then_some(self.model.as_str())
+    }
+
+    /// Why the generation stopped, if the upstream said.
+    pub fn finish_reason(&self) -> Option<&str> {
+        (!self.finish_reason.is_empty()).then_some(self.finish_reason.as_str())
     }
 
     fn merge_usage(&mut self, usage: Usage) {

@@ -16,6 +16,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod proxy;
 pub mod server;
+pub mod spans;
 pub mod telemetry;
 pub mod trace_context;
 pub mod upstream;

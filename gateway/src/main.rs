@@ -29,22 +29,30 @@ fn main() -> ExitCode {
         eprintln!("aegis-gateway: the configuration is valid");
         return ExitCode::SUCCESS;
     }
-    let _log_flush = match gateway::telemetry::init_logging(&config.log) {
-        Ok(guard) => guard,
+    let runtime =
+        match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("aegis-gateway").build() {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                eprintln!("aegis-gateway: cannot start the tokio runtime: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
+    // The span exporter's gRPC channel lives on the runtime.
+    let guards = match runtime.block_on(async { gateway::telemetry::init(&config.log) }) {
+        Ok(guards) => guards,
         Err(error) => {
             eprintln!("aegis-gateway: {error:#}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let runtime =
-        match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("aegis-gateway").build() {
-            Ok(runtime) => runtime,
-            Err(error) => {
-                tracing::error!(%error, "cannot start the tokio runtime");
-                return ExitCode::FAILURE;
-            }
-        };
-    match runtime.block_on(gateway::run(config, shutdown_signal())) {
+    let outcome = runtime.block_on(gateway::run(config, shutdown_signal()));
+    // Export what is queued (bounded in time) before the runtime goes.
+    match runtime.block_on(runtime.spawn_blocking(move || guards.tracing.shutdown())) {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "span export did not shut down cleanly"),
+        Err(error) => tracing::warn!(%error, "span export did not shut down cleanly"),
+    }
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "gateway failed");

@@ -1,7 +1,7 @@
 //! The policy pipeline, declared once, outermost first:
 //!
-//! request id + audit record → trace span → (smuggling guard, issue #5) → limits → auth →
-//! (WAF, issue #5) → rate limit → adapter + forwarder (`proxy.rs`).
+//! request id + audit record + SERVER span → (smuggling guard, on the connection) → limits → auth →
+//! WAF → rate limit → adapter + forwarder (`proxy.rs`); each stage has an INTERNAL span.
 //!
 //! Every stage that refuses answers in the route's error shape and says why in the audit
 //! record; the outermost stage finishes the record for every response, refused or not.
@@ -31,7 +31,7 @@ use crate::metrics::Stage;
 use crate::policy::limits::{self, ParsedRequest};
 use crate::policy::rate_limit::{Decision, Outcome as RateOutcome, Reservation};
 use crate::trace_context::{TRACEPARENT, TraceContext};
-use crate::{audit, proxy};
+use crate::{audit, proxy, spans};
 
 /// The header carrying the record id on every response.
 pub const RECORD_ID_HEADER: HeaderName = HeaderName::from_static("x-aegis-record-id");
@@ -72,28 +72,39 @@ pub fn governed_router(app: Arc<App>) -> Router {
         .route_layer(middleware::from_fn_with_state(app.clone(), enforce_limits))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
-    routes
-        .layer(middleware::from_fn(trace_span))
-        .layer(middleware::from_fn_with_state(app.clone(), record))
-        .with_state(app)
+    routes.layer(middleware::from_fn_with_state(app.clone(), record)).with_state(app)
 }
 
 /// Outermost stage: gives the request its record id and finishes its audit record once the
 /// response is known (streams finish theirs in the stream task). For `durable` and `strict`
 /// tenants the response waits here until the record is spooled, respectively acknowledged.
 async fn record(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
-    let trace = TraceContext::from_headers(request.headers());
+    let route = request.extensions().get::<MatchedPath>().map(|path| path.as_str().to_owned());
+    let span = spans::request(request.method(), route.as_deref());
+    // Join the client's trace (W3C `traceparent`). With export off the span has no context: the
+    // record then takes the client's trace id with a span id of the gateway's own.
+    let _ = telemetry::set_parent_from_http(&span, request.headers());
+    let trace = match telemetry::span_ids(&span) {
+        Some((trace_id, span_id, flags)) => Some(TraceContext { trace_id, span_id, flags }),
+        None => TraceContext::from_headers(request.headers()),
+    };
     match trace {
         // The upstream sees the gateway's span as the parent of its own.
         Some(trace) => request.headers_mut().insert(TRACEPARENT, trace.traceparent()),
         None => request.headers_mut().remove(TRACEPARENT),
     };
     let draft = Draft::begin_traced(request.method(), app.gateway_id.clone(), app.audit.clone(), trace);
+    spans::record_id(&span, draft.header_value().to_str().unwrap_or_default());
     request.extensions_mut().insert(draft.clone());
-    let mut response = next.run(request).await;
+    let mut response = next.run(request).instrument(span.clone()).await;
     response.headers_mut().insert(RECORD_ID_HEADER, draft.header_value().clone());
+    if let Some(trace) = &trace {
+        // The client finds its trace (and the record's trace id) here.
+        response.headers_mut().insert(TRACEPARENT, trace.traceparent());
+    }
     let status = response.status();
     let route = draft.update(|fields| fields.route);
+    spans::finish_request(&span, status.as_u16());
     if response.extensions().get::<StreamAudited>().is_some() {
         app.metrics.observe_request(route, status.as_u16(), draft.started().elapsed().as_secs_f64());
         return response;
@@ -134,16 +145,10 @@ async fn record(State(app): State<Arc<App>>, mut request: Request, next: Next) -
     Response::from_parts(parts, Body::from(body))
 }
 
-/// A span per request, carrying its record id.
-async fn trace_span(request: Request, next: Next) -> Response {
-    let record_id = request.extensions().get::<Arc<Draft>>().map(|draft| draft.record_id());
-    let span = tracing::info_span!("request", method = %request.method(), record_id = ?record_id);
-    next.run(request).instrument(span).await
-}
-
 /// Header and body limits; reads and parses the body once for every later stage.
 async fn enforce_limits(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
     let started = Instant::now();
+    let stage = spans::stage("aegis.limits");
     let draft = draft_of(&request);
     let route = request.extensions().get::<MatchedPath>().map_or("", |path| static_route(path.as_str()));
     let flavor = if route == "/v1/messages" { Flavor::Anthropic } else { Flavor::OpenAi };
@@ -156,6 +161,7 @@ async fn enforce_limits(State(app): State<Arc<App>>, request: Request, next: Nex
     }
     if request.method() != Method::POST {
         app.metrics.observe_stage(Stage::Limits, started.elapsed().as_secs_f64());
+        drop(stage);
         return next.run(request).await;
     }
     let limits = app.limits.for_route(route);
@@ -187,12 +193,14 @@ async fn enforce_limits(State(app): State<Arc<App>>, request: Request, next: Nex
     let body = Body::from(parsed.body.clone());
     parts.extensions.insert(parsed);
     app.metrics.observe_stage(Stage::Limits, started.elapsed().as_secs_f64());
+    drop(stage);
     next.run(Request::from_parts(parts, body)).await
 }
 
 /// API-key authentication, scope check, and the audit admission check.
 async fn authenticate(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
+    let stage = spans::stage("aegis.auth");
     let draft = draft_of(&request);
     let flavor = draft.update(|fields| fields.flavor);
     let credential = match app.auth.authenticate(request.headers()) {
@@ -220,6 +228,7 @@ async fn authenticate(State(app): State<Arc<App>>, mut request: Request, next: N
     }
     request.extensions_mut().insert(credential);
     app.metrics.observe_stage(Stage::Auth, started.elapsed().as_secs_f64());
+    drop(stage);
     next.run(request).await
 }
 
@@ -235,6 +244,7 @@ async fn inspect(State(app): State<Arc<App>>, mut request: Request, next: Next) 
         return ApiError::new(ErrorKind::Internal, "the WAF ran before authentication").into_response();
     };
     let policy = &credential.tenant.waf;
+    let stage = spans::stage("aegis.waf");
     // Inspection costs about 4 µs per KiB: large bodies go to the blocking pool rather than
     // holding a runtime worker.
     let inspection = if parsed.body.len() > WAF_INLINE_BYTES_MAX {
@@ -248,6 +258,7 @@ async fn inspect(State(app): State<Arc<App>>, mut request: Request, next: Next) 
         app.waf.inspect_request(api, &parsed.body, policy)
     };
     app.metrics.observe_stage(Stage::Waf, started.elapsed().as_secs_f64());
+    drop(stage);
     let inspection = match inspection {
         Ok(inspection) => inspection,
         Err(error) => {
@@ -317,6 +328,7 @@ pub fn record_hits(app: &App, draft: &Draft, inspection: &crate::waf::Inspection
 /// Request and token rate limits of the credential.
 async fn rate_limit(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
+    let stage = spans::stage("aegis.rate_limit");
     let draft = draft_of(&request);
     let Some(credential) = request.extensions().get::<Arc<crate::policy::auth::Credential>>().cloned() else {
         return ApiError::new(ErrorKind::Internal, "the rate limit ran before authentication")
@@ -343,6 +355,7 @@ async fn rate_limit(State(app): State<Arc<App>>, mut request: Request, next: Nex
         }
     }
     app.metrics.observe_stage(Stage::RateLimit, started.elapsed().as_secs_f64());
+    drop(stage);
     if !admitted {
         let (kind, message) = match decision.outcome {
             RateOutcome::LimitedRequests => {

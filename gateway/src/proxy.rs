@@ -16,6 +16,7 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
+use tracing::Instrument as _;
 
 use crate::analysis::ResponseAnalyzer;
 use crate::app::App;
@@ -24,6 +25,7 @@ use crate::config::AuditModeConfig;
 use crate::error::{ApiError, ErrorKind, Flavor};
 use crate::pipeline::{ReservationSlot, StreamAudited};
 use crate::policy::limits::ParsedRequest;
+use crate::spans;
 use crate::upstream::{Api, ResponseBody, Upstream};
 
 /// The `: ping` comment sent while a stream waits for its first chunk.
@@ -68,8 +70,9 @@ async fn proxy(
     draft: Arc<Draft>,
     parsed: ParsedRequest,
     slot: ReservationSlot,
-    headers: HeaderMap,
+    mut headers: HeaderMap,
 ) -> Response {
+    let adapter = spans::stage("aegis.adapter");
     let flavor = if api == Api::Messages { Flavor::Anthropic } else { Flavor::OpenAi };
     // A request refused or failed from here on used no tokens: give its reservation back.
     let refuse = |error: ApiError| {
@@ -110,11 +113,21 @@ async fn proxy(
     } else {
         None
     };
+    drop(adapter);
+    let call = spans::upstream(api, &upstream, &parsed.model, parsed.stream);
+    if let Some((trace_id, span_id, flags)) = telemetry::span_ids(&call) {
+        // The provider's spans, if it traces, hang under this call.
+        let context = crate::trace_context::TraceContext { trace_id, span_id, flags };
+        headers.insert(crate::trace_context::TRACEPARENT, context.traceparent());
+    }
     let sent = Instant::now();
     let deadline = tokio::time::Instant::now() + upstream.response_timeout;
-    let mut response = match upstream.send(api, &parsed, &headers).await {
+    let mut response = match upstream.send(api, &parsed, &headers).instrument(call.clone()).await {
         Ok(response) => response,
-        Err(error) => return refuse(error),
+        Err(error) => {
+            spans::finish_upstream(&call, &ResponseAnalyzer::default(), Some(error.kind.refusal_reason()));
+            return refuse(error);
+        }
     };
     upstream.latency.observe(sent.elapsed().as_secs_f64());
     let is_event_stream = response
@@ -122,23 +135,41 @@ async fn proxy(
         .as_ref()
         .is_some_and(|value| value.as_bytes().starts_with(b"text/event-stream"));
     if let (Some(permits), true, true) = (permits, response.status.is_success(), is_event_stream) {
-        return stream(app, draft, slot, parsed, upstream, response.body, sent, deadline, permits, flavor);
+        return stream(
+            app,
+            draft,
+            slot,
+            parsed,
+            upstream,
+            response.body,
+            sent,
+            deadline,
+            permits,
+            flavor,
+            call,
+        );
     }
-    let body =
-        match tokio::time::timeout_at(deadline, response.body.read_all(upstream.response_bytes_max)).await {
-            Ok(Ok(body)) => body,
-            Ok(Err(error)) => return refuse(error),
-            Err(_) => {
-                return refuse(ApiError::new(
-                    ErrorKind::UpstreamTimeout,
-                    "the upstream's response took too long",
-                ));
-            }
-        };
+    let body = match tokio::time::timeout_at(deadline, response.body.read_all(upstream.response_bytes_max))
+        .await
+    {
+        Ok(Ok(body)) => body,
+        Ok(Err(error)) => {
+            spans::finish_upstream(&call, &ResponseAnalyzer::default(), Some(error.kind.refusal_reason()));
+            return refuse(error);
+        }
+        Err(_) => {
+            let error = ApiError::new(ErrorKind::UpstreamTimeout, "the upstream's response took too long");
+            spans::finish_upstream(&call, &ResponseAnalyzer::default(), Some(error.kind.refusal_reason()));
+            return refuse(error);
+        }
+    };
     let mut analyzer = ResponseAnalyzer::default();
     if response.status.is_success() {
         analyzer.feed_json(&body);
     }
+    let status_error = (!response.status.is_success()).then(|| response.status.as_str().to_owned());
+    spans::finish_upstream(&call, &analyzer, status_error.as_deref());
+    drop(call);
     let body = if response.status.is_success() && api != Api::Embeddings {
         redact_response(&app, &draft, api, body)
     } else {
@@ -230,6 +261,7 @@ fn stream(
     deadline: tokio::time::Instant,
     permits: [OwnedSemaphorePermit; 2],
     flavor: Flavor,
+    call: tracing::Span,
 ) -> Response {
     // One chunk in flight: back-pressure from a slow client reaches the upstream at once.
     let (sender, receiver) = mpsc::channel::<Result<Bytes, std::io::Error>>(1);
@@ -245,8 +277,9 @@ fn stream(
         flavor,
         sender,
         permits,
+        call: call.clone(),
     };
-    app.spawn_stream(task.run(body));
+    app.spawn_stream(task.run(body).instrument(call));
     let mut response = Response::new(Body::from_stream(ReceiverStream::new(receiver)));
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
@@ -269,6 +302,8 @@ struct StreamTask {
     sender: mpsc::Sender<Result<Bytes, std::io::Error>>,
     /// Held until the stream ends: the gateway's and the tenant's stream slots.
     permits: [OwnedSemaphorePermit; 2],
+    /// The upstream call's CLIENT span, open until the stream ends.
+    call: tracing::Span,
 }
 
 impl StreamTask {
@@ -362,6 +397,11 @@ impl StreamTask {
             held.push(event);
         }
         let upstream_latency_us = u64::try_from(self.sent.elapsed().as_micros()).unwrap_or(u64::MAX);
+        spans::finish_upstream(
+            &self.call,
+            &analyzer,
+            failure.as_ref().map(|error| error.kind.refusal_reason()),
+        );
         settle(&self.app, &self.slot, &analyzer, &self.parsed);
         self.draft.update(|fields| {
             fields.upstream_latency_us = upstream_latency_us;

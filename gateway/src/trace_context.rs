@@ -1,8 +1,9 @@
-//! W3C Trace Context (`traceparent`) for the audit record and the upstream: when a client sends
-//! `traceparent`, the gateway's span for the request joins that trace with a span id of its own;
-//! the record stores both, and the upstream receives `traceparent` naming the gateway's span as
-//! parent, so a trace viewer shows client → gateway → upstream. Requests without a valid
-//! `traceparent` are not traced. (Exporting spans over OTLP is issue #7.)
+//! W3C Trace Context (`traceparent`) values. With OpenTelemetry export on, the request's SERVER
+//! span joins the client's trace and its ids become the request's `TraceContext` (see
+//! `pipeline::record`). With export off, a client's valid `traceparent` still joins the record to
+//! its trace, with a span id of the gateway's own; the upstream receives `traceparent` naming the
+//! gateway's span (the upstream CLIENT span when exporting) as parent, and the client gets the
+//! gateway's `traceparent` back. Requests without one are traced only when exporting.
 
 use http::{HeaderMap, HeaderValue};
 

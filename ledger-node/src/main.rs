@@ -29,23 +29,33 @@ fn main() -> ExitCode {
         eprintln!("aegis-ledger: the configuration is valid");
         return ExitCode::SUCCESS;
     }
-    if let Err(error) = ledger_node::telemetry::init_logging(&config.log) {
-        eprintln!("aegis-ledger: {error:#}");
-        return ExitCode::from(EXIT_CONFIG);
-    }
-    for warning in config.warnings() {
-        tracing::warn!("{warning}");
-    }
-
     let runtime =
         match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("aegis-ledger").build() {
             Ok(runtime) => runtime,
             Err(error) => {
-                tracing::error!(%error, "cannot start the tokio runtime");
+                eprintln!("aegis-ledger: cannot start the tokio runtime: {error}");
                 return ExitCode::FAILURE;
             }
         };
-    match runtime.block_on(ledger_node::run(config, shutdown_signal())) {
+    // The span exporter's gRPC channel lives on the runtime.
+    let spans = match runtime.block_on(async { ledger_node::telemetry::init(&config.log) }) {
+        Ok(guard) => guard,
+        Err(error) => {
+            eprintln!("aegis-ledger: {error:#}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
+    let outcome = runtime.block_on(ledger_node::run(config, shutdown_signal()));
+    // Export what is queued (bounded in time) before the runtime goes.
+    match runtime.block_on(runtime.spawn_blocking(move || spans.shutdown())) {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "span export did not shut down cleanly"),
+        Err(error) => tracing::warn!(%error, "span export did not shut down cleanly"),
+    }
+    match outcome {
         Ok(()) => {
             tracing::info!("ledger node stopped");
             ExitCode::SUCCESS

@@ -572,6 +572,31 @@ pub fn current_traceparent() -> Option<String> {
         .map(|sc| format!("00-{}-{}-{:02x}", sc.trace_id(), sc.span_id(), sc.trace_flags().to_u8()))
 }
 
+/// Trace id, span id and trace flags of a `tracing` span, when it has a valid OpenTelemetry
+/// span context (export on, span enabled).
+pub fn span_ids(span: &tracing::Span) -> Option<([u8; 16], [u8; 8], u8)> {
+    span_context(span).map(|sc| (sc.trace_id().to_bytes(), sc.span_id().to_bytes(), sc.trace_flags().to_u8()))
+}
+
+/// Sets an attribute on the exported span, also after the span was started (which
+/// [`span_context`] and [`span_ids`] do): `tracing` fields recorded later are not exported
+/// then. A no-op when export is off.
+pub fn set_attribute(span: &tracing::Span, key: &'static str, value: impl Into<opentelemetry::Value>) {
+    span.set_attribute(key, value);
+}
+
+/// Marks the exported span as failed, with `description`. A no-op when export is off.
+pub fn set_error(span: &tracing::Span, description: String) {
+    span.set_status(opentelemetry::trace::Status::error(description));
+}
+
+/// Sets a string-array attribute (e.g. `gen_ai.response.finish_reasons`), which `tracing`
+/// fields cannot express. A no-op when export is off.
+pub fn set_string_array(span: &tracing::Span, key: &'static str, values: Vec<String>) {
+    let values = values.into_iter().map(opentelemetry::StringValue::from).collect();
+    span.set_attribute(key, opentelemetry::Value::Array(opentelemetry::Array::String(values)));
+}
+
 /// Adds an OpenTelemetry link from `span` to each of `linked` (invalid contexts are skipped).
 ///
 /// Typical use: a Raft batch/append span linked to every request span whose entry it carries,

@@ -1,12 +1,12 @@
 //! Spans created through `tracing` reach a real OTLP/gRPC receiver with the right shape.
 
-mod common;
+use chaos_tests::otlp as common;
 
 use std::time::Duration;
 
-use telemetry::{SamplerConfig, TracingConfig};
 use opentelemetry::KeyValue;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use telemetry::{SamplerConfig, TracingConfig};
 use tracing_subscriber::layer::SubscriberExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,7 @@
 //! With a process-wide subscriber and no level filter, exporting must not export (and so feed
 //! back) the exporter's own transport spans (h2, hyper, tonic, tower). Own binary: global state.
 
-mod common;
+use chaos_tests::otlp as common;
 
 use std::time::Duration;
 

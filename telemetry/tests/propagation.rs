@@ -1,10 +1,10 @@
 //! W3C trace-context round trips through HTTP headers and real gRPC metadata.
 
-mod common;
+use chaos_tests::otlp as common;
 
-use telemetry::{OtelLayer, SetParentError, TraceContextInterceptor, TracingConfig};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use telemetry::{OtelLayer, SetParentError, TraceContextInterceptor, TracingConfig};
 use tracing::Instrument;
 use tracing_subscriber::Registry;
 use tracing_subscriber::layer::SubscriberExt;
@@ -82,8 +82,7 @@ async fn trace_context_round_trips_through_http_headers_and_tonic_metadata() {
 
     // inject_tonic / extract_tonic directly.
     let mut metadata = tonic::metadata::MetadataMap::new();
-    grpc_client
-        .in_scope(|| telemetry::inject_tonic(&tracing::Span::current().context_ext(), &mut metadata));
+    grpc_client.in_scope(|| telemetry::inject_tonic(&tracing::Span::current().context_ext(), &mut metadata));
     let extracted = telemetry::extract_tonic(&metadata);
     use opentelemetry::trace::TraceContextExt;
     assert_eq!(extracted.span().span_context().trace_id().to_bytes(), grpc_client_ids.0);

@@ -59,6 +59,8 @@ pub struct Upstream {
     pub latency: Histogram,
     pub response_timeout: Duration,
     pub response_bytes_max: usize,
+    /// Host and port of an HTTP upstream (`server.address`, `server.port` on its spans).
+    pub server: Option<(String, u16)>,
     /// The upstream's own model list and when it was fetched: `/v1/models` asks it at most
     /// once per [`MODELS_CACHE_TTL`].
     models_cache: parking_lot::Mutex<Option<(std::time::Instant, Vec<String>)>>,
@@ -132,6 +134,7 @@ impl Upstream {
             latency: metrics.upstream_histogram(&config.name),
             response_timeout: Duration::from_millis(config.response_timeout_ms),
             response_bytes_max: config.response_bytes_max,
+            server: config.base_url.as_deref().and_then(server_of),
             models_cache: parking_lot::Mutex::new(None),
         })
     }
@@ -265,4 +268,12 @@ impl ResponseBody {
             _ => Bytes::from(chunks.concat()),
         })
     }
+}
+
+/// Host and port of a base URL, the scheme's default port when it names none.
+fn server_of(base_url: &str) -> Option<(String, u16)> {
+    let uri: ::http::Uri = base_url.parse().ok()?;
+    let host = uri.host()?.trim_start_matches('[').trim_end_matches(']').to_owned();
+    let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
+    Some((host, port))
 }

@@ -1,5 +1,5 @@
-//! In-process OTLP/gRPC trace receiver shared by the integration tests.
-#![allow(dead_code)]
+//! An in-process OTLP/gRPC trace receiver (the OpenTelemetry collector's `TraceService`, from
+//! the official protos): tests point `OTEL_EXPORTER_OTLP_ENDPOINT` at it and read back the spans.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -18,7 +18,7 @@ use tonic::metadata::MetadataMap;
 
 /// Stores every export request and the metadata it came with.
 #[derive(Clone, Default)]
-pub(crate) struct Receiver {
+pub struct Receiver {
     pub requests: Arc<Mutex<Vec<ExportTraceServiceRequest>>>,
     pub metadata: Arc<Mutex<Vec<MetadataMap>>>,
 }
@@ -37,7 +37,7 @@ impl TraceService for Receiver {
 
 impl Receiver {
     /// Every received span with the resource it was exported under.
-    pub(crate) fn spans(&self) -> Vec<(Option<Resource>, Span)> {
+    pub fn spans(&self) -> Vec<(Option<Resource>, Span)> {
         let requests = self.requests.lock().expect("requests lock");
         requests
             .iter()
@@ -53,7 +53,7 @@ impl Receiver {
 }
 
 /// Serves a [`Receiver`] on 127.0.0.1 on an ephemeral port.
-pub(crate) async fn start_receiver() -> (SocketAddr, Receiver) {
+pub async fn start_receiver() -> (SocketAddr, Receiver) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind receiver");
     let addr = listener.local_addr().expect("receiver address");
     let receiver = Receiver::default();
@@ -65,7 +65,7 @@ pub(crate) async fn start_receiver() -> (SocketAddr, Receiver) {
 }
 
 /// The value of attribute `key`, if present.
-pub(crate) fn attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a any_value::Value> {
+pub fn attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a any_value::Value> {
     attrs
         .iter()
         .find(|kv| kv.key == key)
@@ -73,14 +73,14 @@ pub(crate) fn attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a any_value
         .and_then(|v: &AnyValue| v.value.as_ref())
 }
 
-pub(crate) fn str_attr(attrs: &[KeyValue], key: &str) -> Option<String> {
+pub fn str_attr(attrs: &[KeyValue], key: &str) -> Option<String> {
     match attr(attrs, key) {
         Some(any_value::Value::StringValue(s)) => Some(s.clone()),
         _ => None,
     }
 }
 
-pub(crate) fn int_attr(attrs: &[KeyValue], key: &str) -> Option<i64> {
+pub fn int_attr(attrs: &[KeyValue], key: &str) -> Option<i64> {
     match attr(attrs, key) {
         Some(any_value::Value::IntValue(i)) => Some(*i),
         _ => None,

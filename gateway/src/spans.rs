@@ -1,0 +1,110 @@
+//! The gateway's spans, named and attributed per the OpenTelemetry semantic conventions: a
+//! SERVER span per request, an INTERNAL span per policy stage, and a CLIENT span per upstream
+//! call with the GenAI attributes (`gen_ai.*`; message contents are never recorded). Exported
+//! when OTLP export is on (see `telemetry.rs`); otherwise they are ordinary `tracing` spans.
+//!
+//! The SERVER and CLIENT spans are started early, because their ids go into the audit record
+//! and the upstream's `traceparent`; what is learnt later is set on the exported span directly
+//! (`telemetry::set_attribute`), since `tracing` fields recorded after the start are not
+//! exported.
+
+use http::Method;
+use tracing::Span;
+
+use crate::analysis::ResponseAnalyzer;
+use crate::config::UpstreamKind;
+use crate::upstream::{Api, Upstream};
+
+/// The SERVER span of one request, named `METHOD route` (the route template, e.g.
+/// `/v1/audit/records/{record_id}`; the method alone for unknown paths).
+pub fn request(method: &Method, route: Option<&str>) -> Span {
+    let name = match route {
+        Some(route) => format!("{method} {route}"),
+        None => method.to_string(),
+    };
+    tracing::info_span!(
+        "request",
+        otel.name = name,
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = route,
+    )
+}
+
+/// Records the response status (and a server error as the span's error).
+pub fn finish_request(span: &Span, status: u16) {
+    telemetry::set_attribute(span, "http.response.status_code", i64::from(status));
+    if status >= 500 {
+        telemetry::set_attribute(span, "error.type", status.to_string());
+        telemetry::set_error(span, format!("HTTP {status}"));
+    }
+}
+
+/// Records the request's audit record id.
+pub fn record_id(span: &Span, record_id: &str) {
+    telemetry::set_attribute(span, "aegis.record_id", record_id.to_owned());
+}
+
+/// An INTERNAL span for one policy stage (`aegis.limits`, `aegis.auth`, `aegis.waf`,
+/// `aegis.rate_limit`, `aegis.adapter`). It lasts from its creation to its drop: stages drop it
+/// when their own work is done, before the next stage runs.
+pub fn stage(name: &'static str) -> Span {
+    tracing::info_span!("stage", otel.name = name, otel.kind = "internal")
+}
+
+/// The GenAI operation an API performs.
+fn operation(api: Api) -> &'static str {
+    match api {
+        Api::ChatCompletions | Api::Messages => "chat",
+        Api::Completions => "text_completion",
+        Api::Embeddings => "embeddings",
+    }
+}
+
+/// The CLIENT span of one call to an upstream provider, named `{operation} {model}`.
+pub fn upstream(api: Api, upstream: &Upstream, model: &str, stream: bool) -> Span {
+    let operation = operation(api);
+    let provider = match upstream.kind {
+        UpstreamKind::Openai => "openai",
+        UpstreamKind::Anthropic => "anthropic",
+        UpstreamKind::Mock => "aegis.mock",
+    };
+    let span = tracing::info_span!(
+        "upstream",
+        otel.name = format!("{operation} {model}"),
+        otel.kind = "client",
+        gen_ai.operation.name = operation,
+        gen_ai.provider.name = provider,
+        gen_ai.request.model = model,
+        gen_ai.request.stream = stream,
+        aegis.upstream = %upstream.name,
+    );
+    if let Some((address, port)) = &upstream.server {
+        telemetry::set_attribute(&span, "server.address", address.clone());
+        telemetry::set_attribute(&span, "server.port", i64::from(*port));
+    }
+    span
+}
+
+/// Records what the upstream answered: the model, token usage, finish reasons, and the error
+/// type of a failed call (an HTTP status, or the gateway's refusal reason).
+pub fn finish_upstream(span: &Span, analyzer: &ResponseAnalyzer, error: Option<&str>) {
+    if let Some(model) = analyzer.response_model() {
+        telemetry::set_attribute(span, "gen_ai.response.model", model.to_owned());
+    }
+    if let Some(usage) = analyzer.usage() {
+        telemetry::set_attribute(span, "gen_ai.usage.input_tokens", saturating_i64(usage.prompt_tokens));
+        telemetry::set_attribute(span, "gen_ai.usage.output_tokens", saturating_i64(usage.completion_tokens));
+    }
+    if let Some(reason) = analyzer.finish_reason() {
+        telemetry::set_string_array(span, "gen_ai.response.finish_reasons", vec![reason.to_owned()]);
+    }
+    if let Some(error) = error {
+        telemetry::set_attribute(span, "error.type", error.to_owned());
+        telemetry::set_error(span, error.to_owned());
+    }
+}
+
+fn saturating_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
