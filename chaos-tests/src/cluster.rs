@@ -54,11 +54,19 @@ pub struct ClusterOptions {
     pub signing_keys: Vec<PathBuf>,
     /// Start the nodes but leave them for the test to initialise.
     pub uninitialised: bool,
+    /// Environment variables for every node (e.g. `OTEL_EXPORTER_OTLP_ENDPOINT`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        Self { nodes: 3, extra_args: Vec::new(), signing_keys: Vec::new(), uninitialised: false }
+        Self {
+            nodes: 3,
+            extra_args: Vec::new(),
+            signing_keys: Vec::new(),
+            uninitialised: false,
+            env: Vec::new(),
+        }
     }
 }
 
@@ -68,6 +76,7 @@ pub struct LedgerCluster {
     dir: tempfile::TempDir,
     nodes: Vec<LedgerNode>,
     extra_args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl LedgerCluster {
@@ -95,7 +104,7 @@ impl LedgerCluster {
             std::fs::create_dir_all(&node.data_dir).expect("create the node's data directory");
             std::fs::copy(key, node.signing_key_file()).expect("copy the node's signing key");
         }
-        let mut cluster = Self { dir, nodes, extra_args: options.extra_args };
+        let mut cluster = Self { dir, nodes, extra_args: options.extra_args, env: options.env };
         for index in 0..cluster.nodes.len() {
             cluster.spawn(index);
         }
@@ -176,7 +185,8 @@ impl LedgerCluster {
             .args(["--peer-listen", &node.peer.to_string()])
             .args(["--metrics-listen", &node.metrics.to_string()])
             .args(&self.extra_args)
-            .env("RUST_LOG", "warn");
+            .env("RUST_LOG", "warn")
+            .envs(self.env.iter().map(|(name, value)| (name, value)));
         node.process = Some(Process::spawn(command, &node.log));
     }
 

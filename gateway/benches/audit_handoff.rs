@@ -227,7 +227,7 @@ fn handoff(criterion: &mut Criterion) {
                 let mut samples = submit_samples.lock();
                 for record in records {
                     let started = Instant::now();
-                    let wait = sender.submit(record, AuditModeConfig::Async);
+                    let wait = sender.submit(record, AuditModeConfig::Async, Some(([7; 16], [9; 8])));
                     let elapsed = started.elapsed();
                     assert!(wait.is_none());
                     total += elapsed;

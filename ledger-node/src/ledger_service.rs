@@ -13,6 +13,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
 
 use crate::batcher::{AppendBatcher, SubmitError};
 use crate::checkpoint_cache::CheckpointCache;
@@ -164,6 +165,8 @@ impl LedgerService {
             .max_encoding_message_size(self.limits.message_bytes_max);
         let mut forwarded = Request::new(request);
         forwarded.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+        // The leader's spans join this request's trace.
+        telemetry::inject_current_tonic(forwarded.metadata_mut());
         Ok(client.append(forwarded).await?.into_inner())
     }
 
@@ -253,56 +256,20 @@ impl proto::Ledger for LedgerService {
         &self,
         request: Request<v1::AppendRequest>,
     ) -> Result<Response<v1::AppendResponse>, Status> {
-        let started = Instant::now();
-        let Ok(_in_flight) = self.appends.try_acquire() else {
-            self.metrics.requests_rejected_total(RejectReason::TooManyAppends).inc();
-            return Err(Status::resource_exhausted(format!(
-                "{} Append calls are in flight on this node: retry with backoff",
-                self.limits.concurrent_appends_max
-            )));
-        };
-        let forwarded = request.metadata().contains_key(FORWARDED);
-        let request = request.into_inner();
-        match self.leader() {
-            Some((leader, _)) if leader == self.node_id => {}
-            Some((_, leader_addr)) if !forwarded => {
-                // Validate here too, so a bad request never costs the leader a round trip.
-                self.validate(&request.records)?;
-                let response = self.forward(request, &leader_addr).await?;
-                self.metrics.append_latency_seconds.observe(started.elapsed().as_secs_f64());
-                return Ok(Response::new(response));
-            }
-            leader => return Err(not_leader(leader.map(|(_, addr)| addr))),
-        }
-        let ids = self.validate(&request.records)?;
-        let records: Vec<Record> =
-            ids.into_iter().zip(request.records).map(|(id, bytes)| Record { id, bytes }).collect();
-        let count = records.len();
-        let appended = self.batcher.submit(records).await.map_err(|error| match error {
-            SubmitError::QueueFull { .. } => {
-                self.metrics.requests_rejected_total(RejectReason::QueueFull).inc();
-                Status::resource_exhausted(error.to_string())
-            }
-            SubmitError::NotLeader { leader } => not_leader(leader.map(|(_, node)| node.client_addr)),
-            SubmitError::Raft(_) | SubmitError::ShuttingDown => Status::unavailable(format!(
-                "{error}; the outcome is unknown: retry with the same record ids (appends are idempotent)"
-            )),
-        })?;
-        let duplicates = appended.leaves.iter().filter(|leaf| leaf.already_present).count();
-        self.metrics.append_records_total.inc_by((count - duplicates) as u64);
-        self.metrics.append_duplicates_total.inc_by(duplicates as u64);
-        self.metrics.append_latency_seconds.observe(started.elapsed().as_secs_f64());
-        let results = appended
-            .leaves
-            .iter()
-            .map(|leaf| v1::AppendResult {
-                leaf_index: leaf.leaf_index,
-                already_present: leaf.already_present,
-            })
-            .collect();
-        Ok(Response::new(v1::AppendResponse { results, tree_size: appended.tree_size }))
+        // A SERVER span in the caller's trace (W3C context in the gRPC metadata), covering the
+        // append until it is committed on a majority and applied.
+        let span = tracing::info_span!(
+            "append",
+            otel.name = "aegis.ledger.v1.Ledger/Append",
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.service = "aegis.ledger.v1.Ledger",
+            rpc.method = "Append",
+            aegis.records = request.get_ref().records.len(),
+        );
+        let _ = telemetry::set_parent_from_tonic(&span, &request);
+        self.append_in_span(request).instrument(span).await
     }
-
     async fn get_checkpoint(
         &self,
         request: Request<v1::GetCheckpointRequest>,
@@ -486,6 +453,68 @@ impl proto::Ledger for LedgerService {
 }
 
 impl LedgerService {
+    /// `Append`, inside its span: validation, forwarding from a follower, group commit.
+    async fn append_in_span(
+        &self,
+        request: Request<v1::AppendRequest>,
+    ) -> Result<Response<v1::AppendResponse>, Status> {
+        let started = Instant::now();
+        let Ok(_in_flight) = self.appends.try_acquire() else {
+            self.metrics.requests_rejected_total(RejectReason::TooManyAppends).inc();
+            return Err(Status::resource_exhausted(format!(
+                "{} Append calls are in flight on this node: retry with backoff",
+                self.limits.concurrent_appends_max
+            )));
+        };
+        let forwarded = request.metadata().contains_key(FORWARDED);
+        let request = request.into_inner();
+        match self.leader() {
+            Some((leader, _)) if leader == self.node_id => {}
+            Some((_, leader_addr)) if !forwarded => {
+                // Validate here too, so a bad request never costs the leader a round trip.
+                self.validate(&request.records)?;
+                let response = self.forward(request, &leader_addr).await?;
+                self.metrics.append_latency_seconds.observe(started.elapsed().as_secs_f64());
+                return Ok(Response::new(response));
+            }
+            leader => return Err(not_leader(leader.map(|(_, addr)| addr))),
+        }
+        let ids = self.validate(&request.records)?;
+        let records: Vec<Record> =
+            ids.into_iter().zip(request.records).map(|(id, bytes)| Record { id, bytes }).collect();
+        let count = records.len();
+        let commit = tracing::info_span!(
+            "commit",
+            otel.name = "aegis.ledger.commit",
+            otel.kind = "internal",
+            aegis.records = count
+        );
+        let appended =
+            self.batcher.submit(records).instrument(commit).await.map_err(|error| match error {
+                SubmitError::QueueFull { .. } => {
+                    self.metrics.requests_rejected_total(RejectReason::QueueFull).inc();
+                    Status::resource_exhausted(error.to_string())
+                }
+                SubmitError::NotLeader { leader } => not_leader(leader.map(|(_, node)| node.client_addr)),
+                SubmitError::Raft(_) | SubmitError::ShuttingDown => Status::unavailable(format!(
+                    "{error}; the outcome is unknown: retry with the same record ids (appends are idempotent)"
+                )),
+            })?;
+        let duplicates = appended.leaves.iter().filter(|leaf| leaf.already_present).count();
+        self.metrics.append_records_total.inc_by((count - duplicates) as u64);
+        self.metrics.append_duplicates_total.inc_by(duplicates as u64);
+        self.metrics.append_latency_seconds.observe(started.elapsed().as_secs_f64());
+        let results = appended
+            .leaves
+            .iter()
+            .map(|leaf| v1::AppendResult {
+                leaf_index: leaf.leaf_index,
+                already_present: leaf.already_present,
+            })
+            .collect();
+        Ok(Response::new(v1::AppendResponse { results, tree_size: appended.tree_size }))
+    }
+
     /// The tree size a proof is for: the requested one (bounded by what this node applied),
     /// or the latest published checkpoint's. Returns the checkpoint of that size if published.
     fn proof_size(&self, requested: Option<u64>) -> Result<(u64, Option<v1::SignedCheckpoint>), Status> {

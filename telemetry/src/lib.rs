@@ -585,6 +585,28 @@ pub fn set_attribute(span: &tracing::Span, key: &'static str, value: impl Into<o
     span.set_attribute(key, value);
 }
 
+/// Injects the current `tracing` span's context into outgoing gRPC metadata (nothing when
+/// export is off).
+pub fn inject_current_tonic(metadata: &mut tonic::metadata::MetadataMap) {
+    inject_tonic(&tracing::Span::current().context(), metadata);
+}
+
+/// Links `span` to the spans named by (trace id, span id) pairs, e.g. a batch span to the
+/// requests whose records it carries. Invalid (all-zero) ids are skipped.
+pub fn add_links_by_id(span: &tracing::Span, ids: impl IntoIterator<Item = ([u8; 16], [u8; 8])>) {
+    use opentelemetry::trace::{SpanId, TraceFlags, TraceId, TraceState};
+    let contexts = ids.into_iter().map(|(trace_id, span_id)| {
+        SpanContext::new(
+            TraceId::from_bytes(trace_id),
+            SpanId::from_bytes(span_id),
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::default(),
+        )
+    });
+    add_links(span, contexts.filter(SpanContext::is_valid));
+}
+
 /// Marks the exported span as failed, with `description`. A no-op when export is off.
 pub fn set_error(span: &tracing::Span, description: String) {
     span.set_status(opentelemetry::trace::Status::error(description));

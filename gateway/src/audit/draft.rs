@@ -166,7 +166,8 @@ impl Draft {
             return None;
         }
         let (record, mode) = self.build(outcome);
-        self.sender.submit(record.encode_to_vec(), mode)
+        let trace = self.trace.map(|trace| (trace.trace_id, trace.span_id));
+        self.sender.submit(record.encode_to_vec(), mode, trace)
     }
 
     fn build(&self, outcome: &Outcome<'_>) -> (v1::AuditRecord, AuditModeConfig) {

@@ -56,6 +56,8 @@ impl LedgerNodes {
         let (endpoint, client) = &self.nodes[index];
         let mut request = tonic::Request::new(v1::AppendRequest { records });
         request.set_timeout(self.append_timeout);
+        // The ledger's spans join the audit batch's trace.
+        telemetry::inject_current_tonic(request.metadata_mut());
         match client.clone().append(request).await {
             Ok(response) => Ok(response.into_inner()),
             Err(status) => {

@@ -23,6 +23,7 @@ use parking_lot::Mutex;
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use super::ledger::{AppendError, LedgerNodes};
 use super::spool::{Spool, SpoolConfig, SpoolError};
@@ -100,7 +101,12 @@ struct Shared {
 struct Item {
     record: Vec<u8>,
     delivery: Delivery,
+    /// The request's (trace id, span id): the batch span that carries the record links to it.
+    trace: Option<RecordTrace>,
 }
+
+/// A record's trace id and the span id of its request.
+pub type RecordTrace = ([u8; 16], [u8; 8]);
 
 #[derive(Debug)]
 enum Delivery {
@@ -187,7 +193,12 @@ impl AuditSender {
     /// Hands an encoded record to the sender without waiting. For `durable` and `strict` the
     /// returned receiver completes when the record is spooled, respectively acknowledged by the
     /// ledger.
-    pub fn submit(&self, record: Vec<u8>, mode: AuditModeConfig) -> Option<oneshot::Receiver<Delivered>> {
+    pub fn submit(
+        &self,
+        record: Vec<u8>,
+        mode: AuditModeConfig,
+        trace: Option<RecordTrace>,
+    ) -> Option<oneshot::Receiver<Delivered>> {
         let (delivery, receiver) = match mode {
             AuditModeConfig::Async => (Delivery::Async, None),
             AuditModeConfig::Durable => {
@@ -201,7 +212,7 @@ impl AuditSender {
         };
         let metrics = &self.shared.metrics;
         metrics.audit_records_submitted_total.inc();
-        match self.shared.queue.try_send(Item { record, delivery }) {
+        match self.shared.queue.try_send(Item { record, delivery, trace }) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(item)) => {
                 let mut overflow = self.shared.overflow.lock();
@@ -366,10 +377,15 @@ struct Batch {
     bytes: usize,
     /// `durable` items: spooled first, delivered by the replayer.
     durable: Vec<(Vec<u8>, oneshot::Sender<Delivered>)>,
+    /// The requests whose records the batch carries, for the batch span's links.
+    traces: Vec<RecordTrace>,
 }
 
 impl Batch {
     fn push(&mut self, item: Item) {
+        if let (Some(trace), false) = (item.trace, matches!(item.delivery, Delivery::Durable(_))) {
+            self.traces.push(trace);
+        }
         match item.delivery {
             Delivery::Async => {
                 self.bytes += item.record.len();
@@ -410,8 +426,30 @@ async fn spool_durable(
     }
 }
 
-/// Appends a batch to the ledger, retrying with backoff; spools it if the ledger stays away.
+/// Appends a batch to the ledger in a CLIENT span of its own, linked to the request spans whose
+/// records it carries; the ledger's spans join the batch span's trace.
 async fn ship(
+    mut batch: Batch,
+    shared: &Shared,
+    ledger: &LedgerNodes,
+    spool: &SpoolHandle,
+    config: &AuditConfig,
+) {
+    let span = tracing::info_span!(
+        "audit batch",
+        otel.name = "aegis.audit.append",
+        otel.kind = "client",
+        rpc.system = "grpc",
+        rpc.service = "aegis.ledger.v1.Ledger",
+        rpc.method = "Append",
+        aegis.records = batch.records.len(),
+    );
+    telemetry::add_links_by_id(&span, std::mem::take(&mut batch.traces));
+    ship_in_span(batch, shared, ledger, spool, config).instrument(span).await;
+}
+
+/// Appends a batch to the ledger, retrying with backoff; spools it if the ledger stays away.
+async fn ship_in_span(
     batch: Batch,
     shared: &Shared,
     ledger: &LedgerNodes,

@@ -71,7 +71,15 @@ async fn a_streamed_and_a_refused_request_are_traced_with_genai_attributes() {
     let (layer, guard) = telemetry::init(&tracing_config).expect("telemetry");
     tracing_subscriber::registry().with(layer).init();
 
-    let ledger = LedgerCluster::start().await;
+    // The ledger nodes export to the same receiver.
+    let ledger = LedgerCluster::start_with(chaos_tests::ClusterOptions {
+        env: vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(), format!("http://{receiver_address}")),
+            ("OTEL_BSP_SCHEDULE_DELAY".to_owned(), "100".to_owned()),
+        ],
+        ..chaos_tests::ClusterOptions::default()
+    })
+    .await;
     let spool = tempfile::tempdir().unwrap();
     let gateway = Gateway::start(config(&ledger.endpoints(), spool.path())).await;
 
@@ -144,6 +152,41 @@ async fn a_streamed_and_a_refused_request_are_traced_with_genai_attributes() {
     let record = v1::AuditRecord::decode(proof.record.as_slice()).unwrap();
     assert_eq!(hex(&record.trace_id), TRACE_ID);
     assert_eq!(record.span_id, server.span_id);
+
+    // The audit batch that carried the record links to the request's SERVER span, and the
+    // ledger's Append and commit spans are in the batch's trace.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let batch = loop {
+        let found = receiver.spans().into_iter().map(|(_, span)| span).find(|span| {
+            span.name == "aegis.audit.append"
+                && span
+                    .links
+                    .iter()
+                    .any(|link| hex(&link.trace_id) == TRACE_ID && link.span_id == server.span_id)
+        });
+        if let Some(batch) = found {
+            break batch;
+        }
+        assert!(Instant::now() < deadline, "no audit batch span links to the request");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(batch.kind, SpanKind::Client as i32);
+    let batch_trace = hex(&batch.trace_id);
+    let ledger_spans = wait_for(&receiver, &batch_trace, "aegis.ledger.commit").await;
+    let append = ledger_spans
+        .iter()
+        .find(|span| span.name == "aegis.ledger.v1.Ledger/Append" && span.parent_span_id == batch.span_id)
+        .unwrap_or_else(|| panic!("no ledger Append span under the batch span: {:?}", names(&ledger_spans)));
+    assert_eq!(append.kind, SpanKind::Server as i32);
+    let resources: Vec<String> = receiver
+        .spans()
+        .into_iter()
+        .filter(|(_, span)| span.span_id == append.span_id)
+        .filter_map(|(resource, _)| {
+            resource.and_then(|resource| otlp::str_attr(&resource.attributes, "service.name"))
+        })
+        .collect();
+    assert_eq!(resources, ["aegis-ledger"], "the Append span comes from a ledger process");
 
     // A refused request (no key) is traced too, in a trace of its own.
     let refused = post_with_headers(
