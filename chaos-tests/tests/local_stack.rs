@@ -99,6 +99,38 @@ impl Drop for Stack {
     }
 }
 
+/// The body of `GET path` on a loopback port.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    let (head, body) = response.split_once("\r\n\r\n").expect("a response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_owned()
+}
+
+/// `promtool check metrics` (Debian's prometheus package; `.ci/run` installs it) accepts `text`.
+fn promtool_check(text: &str) {
+    use std::io::Write as _;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is not installed: `apt-get install -y prometheus` (.ci/run and the README's setup do it)");
+    child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write");
+    let output = child.wait_with_output().expect("promtool");
+    assert!(
+        output.status.success(),
+        "promtool rejects the metrics: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 fn bash(command: &str) -> (bool, String) {
     let output = Command::new("bash").args(["-c", command]).output().expect("run bash");
     let text =
@@ -128,6 +160,10 @@ fn the_readmes_first_command_starts_a_provable_stack_and_stops_cleanly() {
     );
     let (ok, both) = bash(&stack.command_after("Both at once"));
     assert!(ok && both.contains("VERIFIED"), "the printed one-liner failed: {both}");
+    // Both /metrics outputs pass Prometheus's own linter.
+    for port in [gateway_port, ledger_port + 2] {
+        promtool_check(&http_get(port, "/metrics"));
+    }
     stack.interrupt();
     for port in [gateway_port, ledger_port, ledger_port + 10, ledger_port + 20] {
         assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "port {port} still served after Ctrl-C");

@@ -10,9 +10,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
-/// The content type of `/metrics`: prometheus-client writes OpenMetrics 1.0 text.
-pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
 /// Latency buckets from 25 µs (a policy stage) to 60 s (a long completion).
 const LATENCY_BUCKETS_SECONDS: [f64; 20] = [
     0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -57,6 +54,56 @@ pub struct Metrics {
     pub audit_queue_depth: Gauge<u64, AtomicU64>,
     pub audit_spool_bytes: Gauge,
     pub audit_spool_records: Gauge,
+    /// OpenTelemetry GenAI client metrics, in Prometheus form: tokens per call by type.
+    gen_ai_client_token_usage: Family<GenAiTokenLabels, Histogram, fn() -> Histogram>,
+    /// Duration of upstream calls (to the end of the response or stream).
+    gen_ai_client_operation_duration_seconds: Family<GenAiLabels, Histogram, fn() -> Histogram>,
+    /// Time from sending a streamed request to its first chunk.
+    gen_ai_client_time_to_first_chunk_seconds: Family<GenAiLabels, Histogram, fn() -> Histogram>,
+}
+
+/// The GenAI metrics' attributes, as Prometheus labels. The model is left out: clients choose
+/// it, and wildcard upstreams accept any name (unbounded cardinality); the upstream stands in.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct GenAiLabels {
+    pub gen_ai_operation_name: &'static str,
+    pub gen_ai_provider_name: &'static str,
+    pub aegis_upstream: String,
+    /// Empty on success.
+    pub error_type: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct GenAiTokenLabels {
+    gen_ai_operation_name: &'static str,
+    gen_ai_provider_name: &'static str,
+    aegis_upstream: String,
+    gen_ai_token_type: &'static str,
+}
+
+/// The semantic conventions' buckets for `gen_ai.client.token.usage`.
+fn token_histogram() -> Histogram {
+    Histogram::new([
+        1.0,
+        4.0,
+        16.0,
+        64.0,
+        256.0,
+        1024.0,
+        4096.0,
+        16384.0,
+        65536.0,
+        262_144.0,
+        1_048_576.0,
+        4_194_304.0,
+        16_777_216.0,
+        67_108_864.0,
+    ])
+}
+
+/// The semantic conventions' buckets for `gen_ai.client.operation.duration`, from 10 ms.
+fn operation_histogram() -> Histogram {
+    Histogram::new([0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92])
 }
 
 /// A policy stage, for `stage_duration_seconds`.
@@ -126,6 +173,13 @@ impl Metrics {
             audit_queue_depth: Gauge::default(),
             audit_spool_bytes: Gauge::default(),
             audit_spool_records: Gauge::default(),
+            gen_ai_client_token_usage: Family::new_with_constructor(token_histogram as fn() -> Histogram),
+            gen_ai_client_operation_duration_seconds: Family::new_with_constructor(
+                operation_histogram as fn() -> Histogram,
+            ),
+            gen_ai_client_time_to_first_chunk_seconds: Family::new_with_constructor(
+                latency_histogram as fn() -> Histogram,
+            ),
         };
         registry.register_with_unit(
             "request_duration",
@@ -213,7 +267,46 @@ impl Metrics {
             "Audit records waiting in the spool",
             metrics.audit_spool_records.clone(),
         );
+        registry.register(
+            "gen_ai_client_token_usage",
+            "Tokens used per upstream call, by token type (OpenTelemetry gen_ai.client.token.usage)",
+            metrics.gen_ai_client_token_usage.clone(),
+        );
+        registry.register_with_unit(
+            "gen_ai_client_operation_duration",
+            "Duration of upstream calls to the end of the response (OpenTelemetry gen_ai.client.operation.duration)",
+            Unit::Seconds,
+            metrics.gen_ai_client_operation_duration_seconds.clone(),
+        );
+        registry.register_with_unit(
+            "gen_ai_client_time_to_first_chunk",
+            "Time from sending a streamed request upstream to its first chunk",
+            Unit::Seconds,
+            metrics.gen_ai_client_time_to_first_chunk_seconds.clone(),
+        );
         Self { registry: Arc::new(registry), ..metrics }
+    }
+
+    /// Records one finished upstream call: its duration and, when reported, its token usage.
+    pub fn observe_gen_ai(&self, labels: &GenAiLabels, seconds: f64, usage: Option<(u64, u64)>) {
+        self.gen_ai_client_operation_duration_seconds.get_or_create(labels).observe(seconds);
+        if let Some((input, output)) = usage {
+            for (token_type, tokens) in [("input", input), ("output", output)] {
+                let token_labels = GenAiTokenLabels {
+                    gen_ai_operation_name: labels.gen_ai_operation_name,
+                    gen_ai_provider_name: labels.gen_ai_provider_name,
+                    aegis_upstream: labels.aegis_upstream.clone(),
+                    gen_ai_token_type: token_type,
+                };
+                #[allow(clippy::cast_precision_loss, reason = "token counts are far below 2^52")]
+                self.gen_ai_client_token_usage.get_or_create(&token_labels).observe(tokens as f64);
+            }
+        }
+    }
+
+    /// Records the time to the first chunk of a stream.
+    pub fn observe_first_chunk(&self, labels: &GenAiLabels, seconds: f64) {
+        self.gen_ai_client_time_to_first_chunk_seconds.get_or_create(labels).observe(seconds);
     }
 
     pub fn observe_request(&self, route: &'static str, status: u16, seconds: f64) {

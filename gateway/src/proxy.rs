@@ -126,6 +126,8 @@ async fn proxy(
         Ok(response) => response,
         Err(error) => {
             spans::finish_upstream(&call, &ResponseAnalyzer::default(), Some(error.kind.refusal_reason()));
+            let labels = spans::metric_labels(api, &upstream, error.kind.refusal_reason().to_owned());
+            app.metrics.observe_gen_ai(&labels, sent.elapsed().as_secs_f64(), None);
             return refuse(error);
         }
     };
@@ -135,6 +137,7 @@ async fn proxy(
         .as_ref()
         .is_some_and(|value| value.as_bytes().starts_with(b"text/event-stream"));
     if let (Some(permits), true, true) = (permits, response.status.is_success(), is_event_stream) {
+        let labels = spans::metric_labels(api, &upstream, String::new());
         return stream(
             app,
             draft,
@@ -147,6 +150,7 @@ async fn proxy(
             permits,
             flavor,
             call,
+            labels,
         );
     }
     let body = match tokio::time::timeout_at(deadline, response.body.read_all(upstream.response_bytes_max))
@@ -155,11 +159,15 @@ async fn proxy(
         Ok(Ok(body)) => body,
         Ok(Err(error)) => {
             spans::finish_upstream(&call, &ResponseAnalyzer::default(), Some(error.kind.refusal_reason()));
+            let labels = spans::metric_labels(api, &upstream, error.kind.refusal_reason().to_owned());
+            app.metrics.observe_gen_ai(&labels, sent.elapsed().as_secs_f64(), None);
             return refuse(error);
         }
         Err(_) => {
             let error = ApiError::new(ErrorKind::UpstreamTimeout, "the upstream's response took too long");
             spans::finish_upstream(&call, &ResponseAnalyzer::default(), Some(error.kind.refusal_reason()));
+            let labels = spans::metric_labels(api, &upstream, error.kind.refusal_reason().to_owned());
+            app.metrics.observe_gen_ai(&labels, sent.elapsed().as_secs_f64(), None);
             return refuse(error);
         }
     };
@@ -170,6 +178,8 @@ async fn proxy(
     let status_error = (!response.status.is_success()).then(|| response.status.as_str().to_owned());
     spans::finish_upstream(&call, &analyzer, status_error.as_deref());
     drop(call);
+    let labels = spans::metric_labels(api, &upstream, status_error.unwrap_or_default());
+    app.metrics.observe_gen_ai(&labels, sent.elapsed().as_secs_f64(), token_counts(&analyzer));
     let body = if response.status.is_success() && api != Api::Embeddings {
         redact_response(&app, &draft, api, body)
     } else {
@@ -189,6 +199,11 @@ async fn proxy(
     *reply.status_mut() = response.status;
     reply.headers_mut().insert(CONTENT_TYPE, content_type);
     reply
+}
+
+/// Input and output tokens, when the upstream reported usage.
+fn token_counts(analyzer: &ResponseAnalyzer) -> Option<(u64, u64)> {
+    analyzer.usage().map(|usage| (usage.prompt_tokens, usage.completion_tokens))
 }
 
 /// Applies the tenant's WAF redactions to a whole response; an uninspectable response goes
@@ -262,6 +277,7 @@ fn stream(
     permits: [OwnedSemaphorePermit; 2],
     flavor: Flavor,
     call: tracing::Span,
+    labels: crate::metrics::GenAiLabels,
 ) -> Response {
     // One chunk in flight: back-pressure from a slow client reaches the upstream at once.
     let (sender, receiver) = mpsc::channel::<Result<Bytes, std::io::Error>>(1);
@@ -278,6 +294,7 @@ fn stream(
         sender,
         permits,
         call: call.clone(),
+        labels,
     };
     app.spawn_stream(task.run(body).instrument(call));
     let mut response = Response::new(Body::from_stream(ReceiverStream::new(receiver)));
@@ -304,6 +321,8 @@ struct StreamTask {
     permits: [OwnedSemaphorePermit; 2],
     /// The upstream call's CLIENT span, open until the stream ends.
     call: tracing::Span,
+    /// The call's GenAI metric labels (no error type).
+    labels: crate::metrics::GenAiLabels,
 }
 
 impl StreamTask {
@@ -362,6 +381,9 @@ impl StreamTask {
                     break;
                 }
             };
+            if first_chunk {
+                self.app.metrics.observe_first_chunk(&self.labels, self.sent.elapsed().as_secs_f64());
+            }
             first_chunk = false;
             analyzer.feed_sse(&chunk);
             let outgoing = match &mut redactor {
@@ -397,11 +419,13 @@ impl StreamTask {
             held.push(event);
         }
         let upstream_latency_us = u64::try_from(self.sent.elapsed().as_micros()).unwrap_or(u64::MAX);
-        spans::finish_upstream(
-            &self.call,
-            &analyzer,
-            failure.as_ref().map(|error| error.kind.refusal_reason()),
-        );
+        let error_type = failure.as_ref().map(|error| error.kind.refusal_reason());
+        spans::finish_upstream(&self.call, &analyzer, error_type);
+        let labels = crate::metrics::GenAiLabels {
+            error_type: error_type.unwrap_or_default().to_owned(),
+            ..self.labels.clone()
+        };
+        self.app.metrics.observe_gen_ai(&labels, self.sent.elapsed().as_secs_f64(), token_counts(&analyzer));
         settle(&self.app, &self.slot, &analyzer, &self.parsed);
         self.draft.update(|fields| {
             fields.upstream_latency_us = upstream_latency_us;

@@ -28,7 +28,7 @@ use crate::audit::draft::{Draft, Outcome};
 use crate::audit::sender;
 use crate::config::Config;
 use crate::error::{ApiError, ErrorKind, Flavor};
-use crate::metrics::{METRICS_CONTENT_TYPE, Metrics};
+use crate::metrics::Metrics;
 use crate::pipeline::governed_router;
 use crate::policy::smuggling::{GuardedIo, Violation};
 use sha2::{Digest as _, Sha256};
@@ -189,8 +189,11 @@ async fn readyz(State(ops): State<Ops>) -> Response {
     (StatusCode::OK, "ready\n").into_response()
 }
 
-async fn metrics_text(State(ops): State<Ops>) -> Response {
+/// OpenMetrics for Prometheus (which asks for it), the classic text format for anyone else.
+async fn metrics_text(State(ops): State<Ops>, headers: http::HeaderMap) -> Response {
     let metrics: &Metrics = &ops.app.metrics;
     metrics.audit_queue_depth.set(ops.app.audit.queue_depth() as u64);
-    ([(CONTENT_TYPE, METRICS_CONTENT_TYPE)], metrics.encode()).into_response()
+    let accept = headers.get(http::header::ACCEPT).and_then(|value| value.to_str().ok());
+    let (content_type, body) = telemetry::exposition::negotiate(accept, metrics.encode());
+    ([(CONTENT_TYPE, content_type)], body).into_response()
 }

@@ -53,7 +53,7 @@ pub fn stage(name: &'static str) -> Span {
 }
 
 /// The GenAI operation an API performs.
-fn operation(api: Api) -> &'static str {
+pub fn operation(api: Api) -> &'static str {
     match api {
         Api::ChatCompletions | Api::Messages => "chat",
         Api::Completions => "text_completion",
@@ -61,14 +61,29 @@ fn operation(api: Api) -> &'static str {
     }
 }
 
-/// The CLIENT span of one call to an upstream provider, named `{operation} {model}`.
-pub fn upstream(api: Api, upstream: &Upstream, model: &str, stream: bool) -> Span {
-    let operation = operation(api);
-    let provider = match upstream.kind {
+/// The `gen_ai.provider.name` of an upstream.
+pub fn provider(upstream: &Upstream) -> &'static str {
+    match upstream.kind {
         UpstreamKind::Openai => "openai",
         UpstreamKind::Anthropic => "anthropic",
         UpstreamKind::Mock => "aegis.mock",
-    };
+    }
+}
+
+/// The labels of the GenAI metrics for a call to `upstream`; `error_type` empty on success.
+pub fn metric_labels(api: Api, upstream: &Upstream, error_type: String) -> crate::metrics::GenAiLabels {
+    crate::metrics::GenAiLabels {
+        gen_ai_operation_name: operation(api),
+        gen_ai_provider_name: provider(upstream),
+        aegis_upstream: upstream.name.to_string(),
+        error_type,
+    }
+}
+
+/// The CLIENT span of one call to an upstream provider, named `{operation} {model}`.
+pub fn upstream(api: Api, upstream: &Upstream, model: &str, stream: bool) -> Span {
+    let operation = operation(api);
+    let provider = provider(upstream);
     let span = tracing::info_span!(
         "upstream",
         otel.name = format!("{operation} {model}"),

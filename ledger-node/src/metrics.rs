@@ -348,8 +348,11 @@ struct RejectLabels {
     reason: RejectReason,
 }
 
-async fn get_metrics(State(metrics): State<Metrics>) -> Response {
-    ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], metrics.encode()).into_response()
+/// OpenMetrics for Prometheus (which asks for it), the classic text format for anyone else.
+async fn get_metrics(State(metrics): State<Metrics>, headers: axum::http::HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|value| value.to_str().ok());
+    let (content_type, body) = telemetry::exposition::negotiate(accept, metrics.encode());
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
 async fn get_healthz(State(metrics): State<Metrics>) -> Response {

@@ -1,4 +1,5 @@
-//! OpenTelemetry trace export (OTLP over gRPC) and W3C trace-context propagation for Aegis.
+//! OpenTelemetry trace export (OTLP over gRPC) and W3C trace-context propagation for Aegis, and
+//! Prometheus exposition-format negotiation ([`exposition`]).
 //!
 //! # What this crate does
 //!
@@ -75,6 +76,8 @@
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
+
+pub mod exposition;
 
 use std::time::Duration;
 

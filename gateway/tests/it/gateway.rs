@@ -260,3 +260,36 @@ async fn records_written_while_the_ledger_is_down_arrive_exactly_once_after_it_r
     assert_eq!(gateway.metric("aegis_gateway_audit_records_dropped_total").await, 0.0);
     gateway.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn genai_metrics_count_calls_tokens_and_time_to_first_chunk() {
+    let spool = tempfile::tempdir().unwrap();
+    // No ledger needed: the records go to the spool.
+    let gateway = Gateway::start(config(&["http://127.0.0.1:1".to_owned()], spool.path())).await;
+    assert_eq!(post(&gateway.url("/v1/chat/completions"), Some(KEY_ALPHA), CHAT).await.status, 200);
+    assert_eq!(post(&gateway.url("/v1/chat/completions"), Some(KEY_ALPHA), CHAT_STREAM).await.status, 200);
+    let labels = r#"gen_ai_operation_name="chat",gen_ai_provider_name="aegis.mock",aegis_upstream="mock""#;
+    let calls = gateway
+        .metric(&format!(
+            "aegis_gateway_gen_ai_client_operation_duration_seconds_count{{{labels},error_type=\"\"}}"
+        ))
+        .await;
+    assert_eq!(calls, 2.0);
+    let first_chunks = gateway
+        .metric(&format!(
+            "aegis_gateway_gen_ai_client_time_to_first_chunk_seconds_count{{{labels},error_type=\"\"}}"
+        ))
+        .await;
+    assert_eq!(first_chunks, 1.0, "only the stream has a first chunk");
+    for token_type in ["input", "output"] {
+        let name = format!(
+            "aegis_gateway_gen_ai_client_token_usage_count{{{labels},gen_ai_token_type=\"{token_type}\"}}"
+        );
+        assert_eq!(gateway.metric(&name).await, 2.0, "{token_type} tokens of both calls");
+        let sum = format!(
+            "aegis_gateway_gen_ai_client_token_usage_sum{{{labels},gen_ai_token_type=\"{token_type}\"}}"
+        );
+        assert!(gateway.metric(&sum).await > 0.0);
+    }
+    gateway.stop().await;
+}

@@ -13,7 +13,7 @@ use ledger_node::config::{
     CheckpointsConfig, Config, ConfigError, DurabilityConfig, GroupCommitConfig, LimitsConfig, LogConfig,
     LogFormat, RaftConfig,
 };
-use ledger_node::metrics::{self, METRICS_CONTENT_TYPE, Metrics, ProofKind, RejectReason};
+use ledger_node::metrics::{self, Metrics, ProofKind, RejectReason};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 const PROGRAM: &str = "aegis-ledger";
@@ -836,7 +836,7 @@ async fn the_metrics_port_serves_metrics_and_health() {
 
     let response = http_get(address, "/metrics").await;
     assert_eq!(response.status, 200);
-    assert_eq!(response.content_type.as_deref(), Some(METRICS_CONTENT_TYPE));
+    assert_eq!(response.content_type.as_deref(), Some(telemetry::exposition::TEXT_CONTENT_TYPE));
     let body = response.body;
     for name in [
         "aegis_ledger_append_latency_seconds",
@@ -869,7 +869,7 @@ async fn the_metrics_port_serves_metrics_and_health() {
         assert!(body.contains(sample), "/metrics lacks {sample:?}:\n{body}");
     }
     assert!(!body.contains("_total_total"), "{body}");
-    assert!(body.ends_with("# EOF\n"), "{body}");
+    assert!(!body.contains("# EOF") && !body.contains("# UNIT"), "the classic text format: {body}");
 
     let response = http_get(address, "/healthz").await;
     assert_eq!((response.status, response.body.trim()), (200, "ok"));
