@@ -7,7 +7,10 @@
 #   - aegis-gateway-loadgen against the mock directly and through the gateway at concurrency
 #     1, 4, 32, 128 and 256, then a table: throughput, p50/p99 both ways, the added latency, the
 #     gateway's RSS (idle and peak) and the audit records dropped.
-# Usage: scripts/gateway-bench.sh [SECONDS_PER_RUN] [OUTPUT_FILE]
+#   - with OTEL_BENCH=1, a second gateway on 127.0.0.1:8081, identical but exporting spans over
+#     OTLP to a collector that is down (127.0.0.1:4399, nothing listens), measured at the same
+#     concurrencies right after the first: tracing export must not slow requests.
+# Usage: [OTEL_BENCH=1] scripts/gateway-bench.sh [SECONDS_PER_RUN] [OUTPUT_FILE]
 # The machine is shared and noisy: compare figures from the same invocation only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,6 +56,13 @@ TOML
 gateway_pid=$!
 pids="$pids $gateway_pid"
 for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/8080) 2>/dev/null && break; sleep 0.1; done
+if [ -n "${OTEL_BENCH:-}" ]; then
+  OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4399 OTEL_SERVICE_NAME=aegis-gateway-bench \
+    ./target/release/aegis-gateway --config "$work/gateway.toml" --listen 127.0.0.1:8081 \
+    --gateway-id gw-bench-otel --spool-dir "$work/spool-otel" 2>"$work/gateway-otel.log" &
+  pids="$pids $!"
+  for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/8081) 2>/dev/null && break; sleep 0.1; done
+fi
 for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/9100) 2>/dev/null && break; sleep 0.1; done
 sleep 1
 rss_idle_kb=$(awk '/VmRSS/ {print $2}' /proc/$gateway_pid/status)
@@ -67,6 +77,9 @@ results="$work/results.jsonl"
 for concurrency in 1 4 32 128 256; do
   run direct http://127.0.0.1:9100/v1/chat/completions "$concurrency" >> "$results"
   run gateway http://127.0.0.1:8080/v1/chat/completions "$concurrency" >> "$results"
+  if [ -n "${OTEL_BENCH:-}" ]; then
+    run gateway-otel-down http://127.0.0.1:8081/v1/chat/completions "$concurrency" >> "$results"
+  fi
 done
 sleep 3
 metrics=$(curl -s http://127.0.0.1:8080/metrics || true)
@@ -88,6 +101,14 @@ for c in sorted({r["concurrency"] for r in rows}):
           f"{g['latency_us']['p50']-d['latency_us']['p50']:>12} {g['latency_us']['p99']-d['latency_us']['p99']:>12} | {d['errors']}/{g['errors']}")
 g4, g128 = by[("gateway", 4)], by[("gateway", 128)]
 print(f"gateway throughput at concurrency 128 / at 4: {g128['requests_per_sec']/g4['requests_per_sec']:.2f}")
+if any(r["label"] == "gateway-otel-down" for r in rows):
+    print("span export on, collector down, vs export off (same run):")
+    print(f"{'conc':>5} | {'off rps':>9} {'p50 ms':>7} {'p99 ms':>7} | {'on rps':>9} {'p50 ms':>7} {'p99 ms':>7} | {'rps on/off':>10} {'p99 on/off':>10} | errors")
+    for c in sorted({r["concurrency"] for r in rows}):
+        g, o = by[("gateway", c)], by[("gateway-otel-down", c)]
+        print(f"{c:>5} | {g['requests_per_sec']:>9.0f} {g['latency_us']['p50']/1000:>7.3f} {g['latency_us']['p99']/1000:>7.3f} | "
+              f"{o['requests_per_sec']:>9.0f} {o['latency_us']['p50']/1000:>7.3f} {o['latency_us']['p99']/1000:>7.3f} | "
+              f"{o['requests_per_sec']/g['requests_per_sec']:>10.2f} {o['latency_us']['p99']/max(g['latency_us']['p99'],1):>10.2f} | {g['errors']}/{o['errors']}")
 PY
   echo "gateway RSS: idle ${rss_idle_kb} KiB, peak ${rss_peak_kb} KiB"
   echo "audit records: submitted ${submitted:-?}, acknowledged ${acknowledged:-?}, dropped ${dropped:-?}"

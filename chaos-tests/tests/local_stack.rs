@@ -99,6 +99,51 @@ impl Drop for Stack {
     }
 }
 
+/// Whether the metrics text has the family of `metric` (a histogram's series name its family).
+fn is_exposed(text: &str, metric: &str) -> bool {
+    let family =
+        ["_bucket", "_sum", "_count"].iter().find_map(|suffix| metric.strip_suffix(suffix)).unwrap_or(metric);
+    text.contains(&format!("# TYPE {family} ")) || text.contains(&format!("# TYPE {metric} "))
+}
+
+/// Every `aegis_*` metric name in the Grafana dashboard's queries.
+fn dashboard_metrics() -> Vec<String> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/grafana/aegis-dashboard.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("the dashboard")).expect("dashboard JSON");
+    let mut expressions = Vec::new();
+    collect_expressions(&dashboard, &mut expressions);
+    assert!(expressions.len() >= 20, "the dashboard has queries: {}", expressions.len());
+    let mut metrics: Vec<String> = expressions
+        .iter()
+        .flat_map(|expression| {
+            expression
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|token| token.starts_with("aegis_gateway_") || token.starts_with("aegis_ledger_"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    metrics.sort();
+    metrics.dedup();
+    metrics
+}
+
+fn collect_expressions(value: &serde_json::Value, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, value) in map {
+                match (key.as_str(), value) {
+                    ("expr", serde_json::Value::String(expression)) => out.push(expression.clone()),
+                    _ => collect_expressions(value, out),
+                }
+            }
+        }
+        serde_json::Value::Array(values) => values.iter().for_each(|value| collect_expressions(value, out)),
+        _ => {}
+    }
+}
+
 /// The body of `GET path` on a loopback port.
 fn http_get(port: u16, path: &str) -> String {
     use std::io::{Read as _, Write as _};
@@ -160,9 +205,30 @@ fn the_readmes_first_command_starts_a_provable_stack_and_stops_cleanly() {
     );
     let (ok, both) = bash(&stack.command_after("Both at once"));
     assert!(ok && both.contains("VERIFIED"), "the printed one-liner failed: {both}");
-    // Both /metrics outputs pass Prometheus's own linter.
-    for port in [gateway_port, ledger_port + 2] {
-        promtool_check(&http_get(port, "/metrics"));
+    // Both /metrics outputs pass Prometheus's own linter, and every metric the Grafana dashboard
+    // queries is one of theirs. Two gateways share the port: a few rounds reach both.
+    let stream = stack
+        .command_after("Send a chat completion")
+        .replace(r#""model":"mock-1","#, r#""model":"mock-1","stream":true,"#);
+    let wanted = dashboard_metrics();
+    let mut exposed = String::new();
+    for _ in 0..20 {
+        let (ok, streamed) = bash(&stream);
+        assert!(ok && streamed.contains("data: [DONE]"), "{streamed}");
+        for port in [gateway_port, ledger_port + 2] {
+            let text = http_get(port, "/metrics");
+            promtool_check(&text);
+            exposed.push_str(&text);
+        }
+        if wanted.iter().all(|metric| is_exposed(&exposed, metric)) {
+            break;
+        }
+    }
+    for metric in &wanted {
+        assert!(
+            is_exposed(&exposed, metric),
+            "the dashboard queries {metric}, which neither /metrics exposes"
+        );
     }
     stack.interrupt();
     for port in [gateway_port, ledger_port, ledger_port + 10, ledger_port + 20] {

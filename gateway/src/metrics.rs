@@ -284,6 +284,13 @@ impl Metrics {
             Unit::Seconds,
             metrics.gen_ai_client_time_to_first_chunk_seconds.clone(),
         );
+        // Counters a dashboard rates are exported at 0 from the start, not from their first event.
+        for dimension in ["requests", "tokens"] {
+            drop(metrics.rate_limit_rejections_total.get_or_create(&DimensionLabels { dimension }));
+        }
+        for action in ["block", "redact", "log", "shadow"] {
+            drop(metrics.waf_decisions_total.get_or_create(&ActionLabels { action }));
+        }
         Self { registry: Arc::new(registry), ..metrics }
     }
 
