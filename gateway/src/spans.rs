@@ -18,6 +18,11 @@ use crate::upstream::{Api, Upstream};
 /// The SERVER span of one request, named `METHOD route` (the route template, e.g.
 /// `/v1/audit/records/{record_id}`; the method alone for unknown paths).
 pub fn request(method: &Method, route: Option<&str>) -> Span {
+    // While the span collector is unreachable only probe requests are traced: spans nobody can
+    // receive would cost every request for nothing.
+    if !telemetry::should_trace() {
+        return Span::none();
+    }
     let name = match route {
         Some(route) => format!("{method} {route}"),
         None => method.to_string(),
@@ -49,6 +54,10 @@ pub fn record_id(span: &Span, record_id: &str) {
 /// `aegis.rate_limit`, `aegis.adapter`). It lasts from its creation to its drop: stages drop it
 /// when their own work is done, before the next stage runs.
 pub fn stage(name: &'static str) -> Span {
+    // Never a root of its own: untraced requests have no stage spans.
+    if Span::current().is_none() {
+        return Span::none();
+    }
     tracing::info_span!("stage", otel.name = name, otel.kind = "internal")
 }
 
@@ -82,6 +91,9 @@ pub fn metric_labels(api: Api, upstream: &Upstream, error_type: String) -> crate
 
 /// The CLIENT span of one call to an upstream provider, named `{operation} {model}`.
 pub fn upstream(api: Api, upstream: &Upstream, model: &str, stream: bool) -> Span {
+    if Span::current().is_none() {
+        return Span::none();
+    }
     let operation = operation(api);
     let provider = provider(upstream);
     let span = tracing::info_span!(

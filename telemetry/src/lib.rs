@@ -79,6 +79,7 @@
 
 pub mod exposition;
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
@@ -398,7 +399,7 @@ where
     if let Some(timeout) = config.export_timeout {
         exporter = exporter.with_timeout(timeout);
     }
-    let exporter = exporter.build()?;
+    let exporter = HealthTracking(exporter.build()?);
 
     // `BatchConfigBuilder::default()` reads OTEL_BSP_*; only explicit settings override them.
     let mut batch = BatchConfigBuilder::default();
@@ -437,6 +438,58 @@ where
         .with_target(false)
         .with_filter(exporter_feedback_filter());
     Ok((Some(layer), TelemetryGuard { provider: Some(provider), shutdown_timeout: config.shutdown_timeout }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Export health: while the collector is unreachable, spans nobody can receive are not made.
+// ---------------------------------------------------------------------------------------------
+
+/// Whether the last span export succeeded (or none was tried yet).
+static EXPORT_HEALTHY: AtomicBool = AtomicBool::new(true);
+/// Counts the requests asked about while exports fail, to let every [`PROBE_EVERY`]th through.
+static PROBES: AtomicU64 = AtomicU64::new(0);
+/// While exports fail, one request in this many is still traced: its spans keep the exporter
+/// trying, and the first export that succeeds turns tracing fully back on.
+pub const PROBE_EVERY: u64 = 64;
+
+/// Whether to make spans for a new request. True while span export works (and when export is
+/// off: then the spans are only for logs); while the collector is unreachable, only one request
+/// in [`PROBE_EVERY`], so that an outage costs requests (almost) nothing.
+pub fn should_trace() -> bool {
+    EXPORT_HEALTHY.load(Ordering::Relaxed)
+        || PROBES.fetch_add(1, Ordering::Relaxed).is_multiple_of(PROBE_EVERY)
+}
+
+/// Whether the last span export succeeded.
+pub fn export_healthy() -> bool {
+    EXPORT_HEALTHY.load(Ordering::Relaxed)
+}
+
+/// The OTLP exporter, recording whether its exports succeed for [`should_trace`].
+#[derive(Debug)]
+struct HealthTracking<E>(E);
+
+impl<E: opentelemetry_sdk::trace::SpanExporter> opentelemetry_sdk::trace::SpanExporter for HealthTracking<E> {
+    async fn export(
+        &self,
+        batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        let result = self.0.export(batch).await;
+        EXPORT_HEALTHY.store(result.is_ok(), Ordering::Relaxed);
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.0.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.0.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.0.set_resource(resource);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -646,6 +699,35 @@ pub fn add_links(span: &tracing::Span, linked: impl IntoIterator<Item = SpanCont
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An exporter that fails or succeeds as told.
+    #[derive(Debug)]
+    struct Scripted(bool);
+
+    impl opentelemetry_sdk::trace::SpanExporter for Scripted {
+        async fn export(
+            &self,
+            _: Vec<opentelemetry_sdk::trace::SpanData>,
+        ) -> opentelemetry_sdk::error::OTelSdkResult {
+            if self.0 {
+                Ok(())
+            } else {
+                Err(opentelemetry_sdk::error::OTelSdkError::InternalFailure("down".into()))
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_exporter_turns_tracing_down_to_probes_and_a_success_turns_it_back_on() {
+        use opentelemetry_sdk::trace::SpanExporter as _;
+        assert!(HealthTracking(Scripted(false)).export(Vec::new()).await.is_err());
+        assert!(!export_healthy());
+        let traced = (0..PROBE_EVERY * 10).filter(|_| should_trace()).count();
+        assert_eq!(traced, 10, "one request in PROBE_EVERY while the collector is down");
+        assert!(HealthTracking(Scripted(true)).export(Vec::new()).await.is_ok());
+        assert!(export_healthy());
+        assert!((0..100).all(|_| should_trace()));
+    }
     use std::collections::HashMap;
 
     fn config(vars: &[(&str, &str)]) -> Result<TracingConfig, Error> {
