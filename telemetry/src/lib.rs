@@ -78,6 +78,7 @@
 #![warn(missing_docs)]
 
 pub mod exposition;
+pub mod subscriber;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
