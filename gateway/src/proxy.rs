@@ -296,7 +296,13 @@ fn stream(
         call: call.clone(),
         labels,
     };
-    app.spawn_stream(task.run(body).instrument(call));
+    // An exported span ends when it is last exited: the request's SERVER span (current here) is
+    // entered once more when the stream is over, so that it covers the whole response.
+    let request_span = tracing::Span::current();
+    app.spawn_stream(async move {
+        task.run(body).instrument(call).await;
+        request_span.in_scope(|| {});
+    });
     let mut response = Response::new(Body::from_stream(ReceiverStream::new(receiver)));
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
