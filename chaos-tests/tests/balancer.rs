@@ -159,7 +159,7 @@ fn start_nginx(dir: &Path, gateways: &[&GatewayProcess], port: u16) -> Process {
     std::fs::write(dir.join("aegis-gateways.conf"), snippet).expect("write nginx snippet");
     let d = dir.display();
     let conf = format!(
-        "user root;\nworker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log info;\n\
+        "master_process off;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log info;\n\
          events {{ worker_connections 1024; }}\n\
          http {{\n  access_log {d}/nginx-access.log;\n  client_body_temp_path {d}/client_body;\n  \
          proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  \
@@ -282,7 +282,9 @@ async fn gateways_behind_nginx_and_haproxy_lose_no_record_while_one_restarts() {
         eprintln!(
             "{balancer}: {checked} answered requests, all proven; {unanswered} unanswered; gateway restart took {restart_took:?}"
         );
-        drop(process);
+        // A clean stop: nginx and haproxy exit on SIGTERM (a single nginx process: no orphaned
+        // workers keep the port).
+        process.terminate(Duration::from_secs(10));
     }
     drop(gateway_2);
 }
