@@ -79,8 +79,12 @@ pub fn governed_router(app: Arc<App>) -> Router {
 /// response is known (streams finish theirs in the stream task). For `durable` and `strict`
 /// tenants the response waits here until the record is spooled, respectively acknowledged.
 async fn record(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
-    let route = request.extensions().get::<MatchedPath>().map(|path| path.as_str().to_owned());
-    let span = spans::request(request.method(), route.as_deref());
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| static_route(path.as_str()))
+        .filter(|route| !route.is_empty());
+    let span = spans::request(request.method(), route);
     // Join the client's trace (W3C `traceparent`). With export off the span has no context: the
     // record then takes the client's trace id with a span id of the gateway's own.
     let _ = telemetry::set_parent_from_http(&span, request.headers());

@@ -23,13 +23,13 @@ pub fn request(method: &Method, route: Option<&str>) -> Span {
     if !telemetry::should_trace() {
         return Span::none();
     }
-    let name = match route {
-        Some(route) => format!("{method} {route}"),
-        None => method.to_string(),
-    };
+    // Field values are evaluated only when the span is enabled: no allocation otherwise.
     tracing::info_span!(
         "request",
-        otel.name = name,
+        otel.name = match route {
+            Some(route) => format!("{method} {route}"),
+            None => method.to_string(),
+        },
         otel.kind = "server",
         http.request.method = %method,
         http.route = route,
