@@ -8,7 +8,7 @@
 use std::cell::RefCell;
 use std::ffi::OsString;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -60,6 +60,11 @@ pub struct Config {
     /// `host:port` other ledger nodes dial for Raft. Default: the bound `peer_listen` address.
     #[serde(default)]
     pub advertise_peer_addr: Option<String>,
+    /// The local IP outgoing peer (Raft, cosigning) connections are made from, so that peers
+    /// and firewalls can tell nodes apart by source address. Default: the operating system's
+    /// choice.
+    #[serde(default)]
+    pub peer_source_ip: Option<IpAddr>,
 
     /// The node's Ed25519 checkpoint signing key. Default: `<data_dir>/checkpoint.key`.
     #[serde(default)]
@@ -308,6 +313,7 @@ impl Config {
             metrics_listen: loopback_port_0,
             advertise_client_addr: None,
             advertise_peer_addr: None,
+            peer_source_ip: None,
             signing_key_file: None,
             key_name: None,
             admin_token_file: None,
@@ -788,6 +794,9 @@ struct Flags {
     /// host:port other nodes reach the peer service at [default: the peer listen address].
     #[arg(long, env = "AEGIS_ADVERTISE_PEER_ADDR", value_name = "HOST:PORT")]
     advertise_peer_addr: Option<String>,
+    /// Local IP of outgoing peer connections [default: the operating system's choice].
+    #[arg(long, env = "AEGIS_PEER_SOURCE_IP", value_name = "IP")]
+    peer_source_ip: Option<IpAddr>,
     /// Ed25519 checkpoint signing key [default: <data-dir>/checkpoint.key].
     #[arg(long, env = "AEGIS_SIGNING_KEY_FILE", value_name = "PATH")]
     signing_key_file: Option<PathBuf>,

@@ -68,6 +68,8 @@ pub struct PeerNetworkSettings {
     /// the largest single Raft entry: an AppendEntries with several entries over it is split,
     /// but a single entry or a snapshot chunk over it cannot be sent at all.
     pub message_bytes_max: usize,
+    /// The local IP outgoing connections are bound to (`peer_source_ip`); `None`: the OS picks.
+    pub source_ip: Option<std::net::IpAddr>,
 }
 
 /// openraft's [`RaftNetworkFactory`] for Aegis: makes a [`PeerClient`] for each peer openraft
@@ -137,7 +139,11 @@ type RaftRpcError<E = openraft::error::Infallible> = RPCError<NodeId, NodeInfo, 
 
 impl Default for PeerNetworkSettings {
     fn default() -> Self {
-        Self { connect_timeout: CONNECT_TIMEOUT_DEFAULT, message_bytes_max: MESSAGE_BYTES_MAX_DEFAULT }
+        Self {
+            connect_timeout: CONNECT_TIMEOUT_DEFAULT,
+            message_bytes_max: MESSAGE_BYTES_MAX_DEFAULT,
+            source_ip: None,
+        }
     }
 }
 
@@ -177,6 +183,7 @@ impl PeerNetwork {
         })?;
         let channel = endpoint
             .connect_timeout(self.settings.connect_timeout)
+            .local_address(self.settings.source_ip)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)

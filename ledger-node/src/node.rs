@@ -128,6 +128,7 @@ impl LedgerNode {
         let network = PeerNetwork::new(PeerNetworkSettings {
             connect_timeout: Duration::from_secs(2),
             message_bytes_max: config.limits.message_bytes_max,
+            source_ip: config.peer_source_ip,
         });
         let raft = Raft::new(config.node_id, raft_config, network.clone(), log_store, state_machine)
             .await

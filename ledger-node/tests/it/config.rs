@@ -57,6 +57,7 @@ fn defaults_fill_everything_but_the_required_settings() {
         metrics_listen: loopback(7402),
         advertise_client_addr: None,
         advertise_peer_addr: None,
+        peer_source_ip: None,
         signing_key_file: None,
         key_name: None,
         admin_token_file: None,
@@ -166,7 +167,7 @@ fn every_flag_has_the_variable_named_after_it() {
 }
 
 /// Every setting, as a flag and a value different from its default.
-const EVERY_SETTING: [(&str, &str); 35] = [
+const EVERY_SETTING: [(&str, &str); 36] = [
     ("node-id", "9"),
     ("data-dir", "/srv/aegis"),
     ("origin", "every.example/log"),
@@ -175,6 +176,7 @@ const EVERY_SETTING: [(&str, &str); 35] = [
     ("metrics-listen", "127.0.0.1:8402"),
     ("advertise-client-addr", "ledger-9.internal:8400"),
     ("advertise-peer-addr", "ledger-9.internal:8401"),
+    ("peer-source-ip", "10.0.0.9"),
     ("signing-key-file", "/keys/ledger.key"),
     ("key-name", "ledger-nine"),
     ("admin-token-file", "/secrets/admin.token"),
@@ -214,6 +216,7 @@ fn every_setting_config() -> Config {
         metrics_listen: loopback(8402),
         advertise_client_addr: Some("ledger-9.internal:8400".to_owned()),
         advertise_peer_addr: Some("ledger-9.internal:8401".to_owned()),
+        peer_source_ip: Some("10.0.0.9".parse().expect("an IP")),
         signing_key_file: Some(PathBuf::from("/keys/ledger.key")),
         key_name: Some("ledger-nine".to_owned()),
         admin_token_file: Some(PathBuf::from("/secrets/admin.token")),

@@ -200,7 +200,7 @@ where
 }
 
 fn settings(message_bytes_max: usize) -> PeerNetworkSettings {
-    PeerNetworkSettings { connect_timeout: Duration::from_secs(1), message_bytes_max }
+    PeerNetworkSettings { connect_timeout: Duration::from_secs(1), message_bytes_max, source_ip: None }
 }
 
 fn peer_info(peer_addr: &str) -> NodeInfo {
@@ -449,6 +449,21 @@ async fn a_peer_address_that_is_not_host_port_is_unreachable() {
     assert!(error.to_string().contains("not a host:port"), "{error}");
     let error = client.cosign("body\n", TTL).await.expect_err("bad address");
     assert!(matches!(error, CosignError::Unreachable(_)), "{error:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn outgoing_peer_connections_leave_from_the_configured_source_ip() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr").to_string();
+    let source: std::net::IpAddr = "127.0.0.7".parse().expect("an IP");
+    let mut network = PeerNetwork::new(PeerNetworkSettings { source_ip: Some(source), ..settings(1 << 20) });
+    let mut client = network.new_client(2, &peer_info(&addr)).await;
+
+    let call = tokio::spawn(async move { client.vote(vote_request(), option(TTL)).await });
+    let (_stream, remote) =
+        tokio::time::timeout(TTL, listener.accept()).await.expect("a connection").expect("accepted");
+    assert_eq!(remote.ip(), source, "the connection's source address");
+    call.abort();
 }
 
 #[tokio::test(flavor = "multi_thread")]
