@@ -1,7 +1,9 @@
 //! The policy pipeline, declared once, outermost first:
 //!
 //! request id + audit record + SERVER span → (smuggling guard, on the connection) → limits → auth →
-//! WAF → rate limit → adapter + forwarder (`proxy.rs`); each stage has an INTERNAL span.
+//! WAF → rate limit → adapter + forwarder (`proxy.rs`); each stage has an INTERNAL span. The
+//! guard ran before the request existed: its span comes with the request (`HeadCheck`) and is
+//! exported under the SERVER span here.
 //!
 //! Every stage that refuses answers in the route's error shape and says why in the audit
 //! record; the outermost stage finishes the record for every response, refused or not.
@@ -28,6 +30,7 @@ use crate::audit::draft::{Draft, Outcome};
 use crate::config::Scope;
 use crate::error::{ApiError, ErrorKind, Flavor, Refusal};
 use crate::metrics::Stage;
+use crate::policy::head_checks::HeadCheck;
 use crate::policy::limits::{self, ParsedRequest};
 use crate::policy::rate_limit::{Decision, Outcome as RateOutcome, Reservation};
 use crate::trace_context::{TRACEPARENT, TraceContext};
@@ -92,6 +95,12 @@ async fn record(State(app): State<Arc<App>>, mut request: Request, next: Next) -
         Some((trace_id, span_id, flags)) => Some(TraceContext { trace_id, span_id, flags }),
         None => TraceContext::from_headers(request.headers()),
     };
+    // The smuggling guard's check of this request's head (only there while spans are exported).
+    if telemetry::exporting()
+        && let Some(check) = request.extensions_mut().remove::<HeadCheck>()
+    {
+        spans::guard(&span, &check);
+    }
     match trace {
         // The upstream sees the gateway's span as the parent of its own.
         Some(trace) => request.headers_mut().insert(TRACEPARENT, trace.traceparent()),

@@ -8,7 +8,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use axum::Router;
@@ -22,6 +22,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+use tower::ServiceExt as _;
 
 use crate::app::App;
 use crate::audit::draft::{Draft, Outcome};
@@ -30,7 +31,10 @@ use crate::config::Config;
 use crate::error::{ApiError, ErrorKind, Flavor};
 use crate::metrics::Metrics;
 use crate::pipeline::governed_router;
+use crate::policy::head_checks::HeadChecks;
 use crate::policy::smuggling::{GuardedIo, Violation};
+use crate::spans;
+use crate::trace_context::TRACEPARENT;
 use sha2::{Digest as _, Sha256};
 
 /// Longest a client may take to send a request's headers (slowloris protection).
@@ -116,8 +120,21 @@ pub async fn serve(
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, %peer, "cannot set TCP_NODELAY");
         }
-        let guarded = GuardedIo::new(stream, config.limits.header_bytes_max, refusal_response(&app));
-        let service = TowerToHyperService::new(router.clone());
+        let mut guarded = GuardedIo::new(stream, config.limits.header_bytes_max, refusal_response(&app));
+        // While spans are exported, each request takes the guard's check of its head (in
+        // order: HTTP/1 serves a connection's requests one after another) for its span.
+        let head_checks = telemetry::exporting().then(|| Arc::new(HeadChecks::default()));
+        if let Some(head_checks) = &head_checks {
+            guarded = guarded.with_head_checks(head_checks.clone());
+        }
+        let service = TowerToHyperService::new(router.clone().map_request(
+            move |mut request: http::Request<hyper::body::Incoming>| {
+                if let Some(check) = head_checks.as_ref().and_then(|head_checks| head_checks.take_next()) {
+                    request.extensions_mut().insert(check);
+                }
+                request
+            },
+        ));
         let connection = graceful.watch(http.serve_connection(TokioIo::new(guarded), service));
         connections.spawn(async move {
             if let Err(error) = connection.await {
@@ -151,14 +168,18 @@ pub async fn serve(
 }
 
 /// What the smuggling guard answers (and records) when it refuses a connection's request.
-fn refusal_response(app: &App) -> impl FnOnce(Violation) -> Vec<u8> + Send + 'static {
+/// While spans are exported (`started` is then known) the refusal gets a SERVER span of its
+/// own, whose trace the audit record and the response's `traceparent` name.
+fn refusal_response(app: &App) -> impl FnOnce(Violation, Option<SystemTime>) -> Vec<u8> + Send + 'static {
     let (gateway_id, sender, metrics) = (app.gateway_id.clone(), app.audit.clone(), app.metrics.clone());
-    move |violation| {
+    move |violation, started| {
         metrics.smuggling_refusals_total.inc();
         let error =
             ApiError::new(ErrorKind::AmbiguousFraming, format!("malformed HTTP request: {violation}"));
         let body = error.body(Flavor::OpenAi);
         let draft = Draft::begin_with_method("", gateway_id, sender);
+        let trace = started.and_then(|started| spans::refused(violation, started, draft.header_value()));
+        let draft = draft.with_trace(trace);
         let response_sha256: [u8; 32] = Sha256::digest(&body).into();
         draft.finish(&Outcome {
             status: 400,
@@ -168,11 +189,18 @@ fn refusal_response(app: &App) -> impl FnOnce(Violation) -> Vec<u8> + Send + 'st
         });
         let mut response = format!(
             "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-             connection: close\r\nx-aegis-record-id: {}\r\n\r\n",
+             connection: close\r\nx-aegis-record-id: {}\r\n",
             body.len(),
             draft.record_id().hyphenated()
         )
         .into_bytes();
+        if let Some(trace) = trace {
+            response.extend_from_slice(TRACEPARENT.as_bytes());
+            response.extend_from_slice(b": ");
+            response.extend_from_slice(trace.traceparent().as_bytes());
+            response.extend_from_slice(b"\r\n");
+        }
+        response.extend_from_slice(b"\r\n");
         response.extend_from_slice(&body);
         response
     }

@@ -3,17 +3,31 @@
 //! call with the GenAI attributes (`gen_ai.*`; message contents are never recorded). Exported
 //! when OTLP export is on (see `telemetry.rs`); otherwise they are ordinary `tracing` spans.
 //!
+//! The smuggling guard's span (`aegis.guard`) is measured on the connection before the request
+//! exists and exported afterwards with those times (`telemetry::export_finished`); the SERVER
+//! span then starts when the request's first bytes arrived. A request the guard refuses never
+//! reaches the pipeline: its SERVER span and guard span are exported as a trace of their own.
+//!
 //! The SERVER and CLIENT spans are started early, because their ids go into the audit record
 //! and the upstream's `traceparent`; what is learnt later is set on the exported span directly
 //! (`telemetry::set_attribute`), since `tracing` fields recorded after the start are not
 //! exported.
 
-use http::Method;
+use std::time::SystemTime;
+
+use http::{HeaderValue, Method};
+use telemetry::{FinishedSpan, KeyValue, SpanKind};
 use tracing::Span;
 
 use crate::analysis::ResponseAnalyzer;
 use crate::config::UpstreamKind;
+use crate::policy::head_checks::HeadCheck;
+use crate::policy::smuggling::{Framing, Violation};
+use crate::trace_context::TraceContext;
 use crate::upstream::{Api, Upstream};
+
+/// The name of the smuggling guard's INTERNAL span.
+pub const GUARD: &str = "aegis.guard";
 
 /// The SERVER span of one request, named `METHOD route` (the route template, e.g.
 /// `/v1/audit/records/{record_id}`; the method alone for unknown paths).
@@ -48,6 +62,51 @@ pub fn finish_request(span: &Span, status: u16) {
 /// Records the request's audit record id.
 pub fn record_id(span: &Span, record_id: &str) {
     telemetry::set_attribute(span, "aegis.record_id", record_id.to_owned());
+}
+
+/// The guard's check of the request's head as an INTERNAL child of its SERVER span `request`,
+/// which is moved back to start when the head's first bytes arrived.
+pub fn guard(request: &Span, check: &HeadCheck) {
+    if !telemetry::exporting() || request.is_none() {
+        return;
+    }
+    telemetry::set_start_time(request, check.started);
+    let mut guard = FinishedSpan::new(GUARD, SpanKind::Internal, check.started, check.finished);
+    let head_bytes = i64::try_from(check.head_bytes).unwrap_or(i64::MAX);
+    guard.attributes.push(KeyValue::new("aegis.guard.head_bytes", head_bytes));
+    match check.framing {
+        Framing::Length(0) => guard.attributes.push(KeyValue::new("aegis.guard.framing", "none")),
+        Framing::Length(length) => {
+            guard.attributes.push(KeyValue::new("aegis.guard.framing", "content-length"));
+            let length = i64::try_from(length).unwrap_or(i64::MAX);
+            guard.attributes.push(KeyValue::new("aegis.guard.content_length", length));
+        }
+        Framing::Chunked => guard.attributes.push(KeyValue::new("aegis.guard.framing", "chunked")),
+    }
+    telemetry::export_finished(request, guard);
+}
+
+/// Exports the spans of a request the guard refused, whose bytes began to arrive at `started`:
+/// a SERVER span named `HTTP` (the method is not trusted, so unknown) answered 400, with the
+/// failed `aegis.guard` span under it. Returns its trace for the audit record and the
+/// response's `traceparent`; `None` when it is not traced.
+pub fn refused(violation: Violation, started: SystemTime, record_id: &HeaderValue) -> Option<TraceContext> {
+    if !telemetry::exporting() || !telemetry::should_trace() {
+        return None;
+    }
+    let finished = SystemTime::now();
+    let mut guard = FinishedSpan::new(GUARD, SpanKind::Internal, started, finished);
+    guard.attributes.push(KeyValue::new("error.type", violation.code()));
+    guard.error = Some(violation.to_string());
+    let mut server = FinishedSpan::new("HTTP", SpanKind::Server, started, finished);
+    server.attributes = vec![
+        KeyValue::new("http.request.method", "_OTHER"),
+        KeyValue::new("http.response.status_code", 400_i64),
+        KeyValue::new("aegis.record_id", record_id.to_str().unwrap_or_default().to_owned()),
+    ];
+    server.children.push(guard);
+    let (trace_id, span_id, flags) = telemetry::export_finished_root(server)?;
+    Some(TraceContext { trace_id, span_id, flags })
 }
 
 /// An INTERNAL span for one policy stage (`aegis.limits`, `aegis.auth`, `aegis.waf`,

@@ -4,16 +4,23 @@
 //! node at a couple of thousand entries per second. The batcher gathers what arrives within a
 //! short linger (bounded by records and bytes) into one entry, and keeps several entries in
 //! flight so replication, flushing and applying overlap.
+//!
+//! While spans are exported, each submitter's span (`aegis.ledger.commit`) gets the Raft write
+//! of its entry as children, exported once `client_write` returns: `aegis.ledger.raft.client_write`
+//! (proposed → returned) with `aegis.ledger.raft.replicate` (proposed → the state machine took
+//! the entry: replicated to a majority, flushed, committed) and `aegis.ledger.apply`.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use openraft::error::{ClientWriteError, RaftError};
+use openraft::raft::ClientWriteResponse;
+use telemetry::{FinishedSpan, KeyValue, SpanKind};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::metrics::Metrics;
-use crate::types::{AppendBatch, AppendedLeaf, Command, NodeId, NodeInfo, Raft, Record};
+use crate::types::{AppendBatch, AppendedLeaf, Command, NodeId, NodeInfo, Raft, Record, TypeConfig};
 
 /// Raft entries the leader keeps proposed but not yet applied: enough to overlap replication,
 /// flushing and applying; each holds at most `group_commit.entry_bytes_max` of records.
@@ -66,7 +73,13 @@ struct Pending {
     bytes: usize,
     permit: OwnedSemaphorePermit,
     reply: oneshot::Sender<Result<Appended, SubmitError>>,
+    /// The submitter's span, when spans are exported: the Raft write's spans go under it.
+    span: Option<tracing::Span>,
 }
+
+/// What `client_write` answers.
+type WriteResult =
+    Result<ClientWriteResponse<TypeConfig>, RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>>;
 
 impl AppendBatcher {
     /// Starts the group-commit task for `raft`; it ends when every `AppendBatcher` is dropped.
@@ -86,8 +99,9 @@ impl AppendBatcher {
             .map_err(|_| SubmitError::QueueFull { queue_records_max: self.queue_records_max })?;
         let bytes = records.iter().map(|record| record.bytes.len()).sum();
         let (reply, answer) = oneshot::channel();
+        let span = telemetry::exporting().then(tracing::Span::current);
         self.requests
-            .send(Pending { records, bytes, permit, reply })
+            .send(Pending { records, bytes, permit, reply, span })
             .map_err(|_| SubmitError::ShuttingDown)?;
         answer.await.map_err(|_| SubmitError::ShuttingDown)?
     }
@@ -148,11 +162,25 @@ async fn run(
 async fn commit(raft: &Raft, batch: Vec<Pending>) {
     let mut records = Vec::with_capacity(batch.iter().map(|pending| pending.records.len()).sum());
     let mut replies = Vec::with_capacity(batch.len());
+    let mut spans = Vec::new();
     for pending in batch {
         replies.push((pending.records.len(), pending.reply, pending.permit));
         records.extend(pending.records);
+        spans.extend(pending.span);
     }
-    match raft.client_write(Command::Append(AppendBatch { records })).await {
+    let entry_records = records.len();
+    let proposed = (!spans.is_empty()).then(SystemTime::now);
+    let result = raft.client_write(Command::Append(AppendBatch { records })).await;
+    // Exported before the answers go out: a submitter's span ends once its caller has the
+    // answer, so after these children.
+    if let Some(proposed) = proposed {
+        let write = client_write_span(proposed, SystemTime::now(), entry_records, &result);
+        // Dropped here: a submitter's span closes as soon as its caller is done with it.
+        for span in spans {
+            telemetry::export_finished(&span, write.clone());
+        }
+    }
+    match result {
         Ok(response) => {
             let outcome = response.data;
             let mut leaves = outcome.leaves.into_iter();
@@ -168,6 +196,45 @@ async fn commit(raft: &Raft, batch: Vec<Pending>) {
             }
         }
     }
+}
+
+/// The spans of one entry's `client_write`, proposed at `proposed`, returned at `returned`:
+/// replication to a majority until the state machine took the entry, then applying it.
+fn client_write_span(
+    proposed: SystemTime,
+    returned: SystemTime,
+    entry_records: usize,
+    result: &WriteResult,
+) -> FinishedSpan {
+    let int = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+    let mut write =
+        FinishedSpan::new("aegis.ledger.raft.client_write", SpanKind::Internal, proposed, returned);
+    write
+        .attributes
+        .push(KeyValue::new("aegis.ledger.entry_records", i64::try_from(entry_records).unwrap_or(i64::MAX)));
+    match result {
+        Ok(response) => {
+            write.attributes.push(KeyValue::new("aegis.raft.log_index", int(response.log_id.index)));
+            write.attributes.push(KeyValue::new("aegis.raft.term", int(response.log_id.leader_id.term)));
+            write.attributes.push(KeyValue::new("aegis.ledger.tree_size", int(response.data.tree_size)));
+            if let Some(applied) = response.data.applied {
+                write.children.push(FinishedSpan::new(
+                    "aegis.ledger.raft.replicate",
+                    SpanKind::Internal,
+                    proposed,
+                    applied.started,
+                ));
+                write.children.push(FinishedSpan::new(
+                    "aegis.ledger.apply",
+                    SpanKind::Internal,
+                    applied.started,
+                    applied.finished,
+                ));
+            }
+        }
+        Err(error) => write.error = Some(error.to_string()),
+    }
+    write
 }
 
 fn submit_error(error: &RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>) -> SubmitError {

@@ -1,6 +1,7 @@
 //! The openraft type configuration and the data a Raft log entry carries: batches of records.
 
 use std::fmt;
+use std::time::SystemTime;
 
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
@@ -96,12 +97,27 @@ pub struct AppendedLeaf {
 }
 
 /// The result of applying one [`Command`]: for an append, one [`AppendedLeaf`] per record, in
-/// order; for a publication, no leaves.
+/// order; for a publication, no leaves. openraft hands it to the leader's `client_write` caller
+/// only; it is never persisted.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppendOutcome {
     pub leaves: Vec<AppendedLeaf>,
     /// Tree size right after this entry was applied.
     pub tree_size: u64,
+    /// When the state machine applied the entry, for the leader's spans; measured only while
+    /// spans are exported. Local to this process: never encoded.
+    #[serde(skip)]
+    pub applied: Option<ApplyTimes>,
+}
+
+/// When the state machine applied an entry (wall clock). The entries of one `apply` call share
+/// their times: they are applied in one atomic sled batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ApplyTimes {
+    /// When openraft handed the committed entry to the state machine.
+    pub started: SystemTime,
+    /// When its records were in the tree and visible to readers.
+    pub finished: SystemTime,
 }
 
 impl fmt::Display for Command {

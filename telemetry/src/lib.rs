@@ -15,6 +15,10 @@
 //!   them into an audit record or a response header.
 //! * [`add_links`] attaches OpenTelemetry span links (e.g. a batch span linked to every request span
 //!   it carries).
+//! * [`export_finished`] / [`export_finished_root`] export a [`FinishedSpan`]: work measured
+//!   outside any `tracing` span (the gateway's smuggling guard, the ledger's Raft write), with
+//!   its own start and end times; [`set_start_time`] moves a span's start back to when its work
+//!   began; [`exporting`] says whether any of this is on (see [`finished`]).
 //!
 //! # Composing the layer
 //!
@@ -78,14 +82,15 @@
 #![warn(missing_docs)]
 
 pub mod exposition;
+pub mod finished;
 pub mod subscriber;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use opentelemetry::Key;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{SpanContext, TraceContextExt, TracerProvider as _};
-use opentelemetry::{Key, KeyValue};
 use opentelemetry_otlp::{SpanExporter, WithExportConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -98,7 +103,9 @@ use tracing_subscriber::Layer;
 use tracing_subscriber::filter::{Filtered, LevelFilter, Targets};
 use tracing_subscriber::registry::LookupSpan;
 
-pub use opentelemetry::Context;
+pub use finished::{FinishedSpan, export_finished, export_finished_root, exporting, set_start_time};
+pub use opentelemetry::trace::SpanKind;
+pub use opentelemetry::{Context, KeyValue};
 pub use tracing_opentelemetry::SetParentError;
 
 /// The OpenTelemetry layer returned by [`init`]: `tracing-opentelemetry`'s layer behind a per-layer
@@ -414,6 +421,7 @@ where
         batch = batch.with_scheduled_delay(delay);
     }
     let processor = BatchSpanProcessor::builder(exporter).with_batch_config(batch.build()).build();
+    let processor = finished::StartTimeOverride(processor);
 
     let resource = Resource::builder_empty()
         .with_detector(Box::new(TelemetryResourceDetector))
@@ -425,6 +433,9 @@ where
         .with_sampler(config.sampler.to_sdk())
         .with_resource(resource)
         .build();
+
+    // Spans measured outside `tracing` (see `finished`) go through the same provider.
+    finished::install(provider.tracer(TRACER_NAME));
 
     // Per-span costs that buy nothing here are off: busy/idle timings (two clock reads on every
     // poll of an instrumented future), activating the OpenTelemetry context on every span entry

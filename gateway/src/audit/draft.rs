@@ -85,9 +85,14 @@ impl Draft {
         sender: AuditSender,
         trace: Option<crate::trace_context::TraceContext>,
     ) -> Arc<Self> {
-        let mut draft = Self::begin(method, gateway_id, sender);
-        Arc::get_mut(&mut draft).expect("a new draft has one owner").trace = trace;
-        draft
+        Self::begin(method, gateway_id, sender).with_trace(trace)
+    }
+
+    /// Puts a new draft (nobody else holds it yet) in `trace`, e.g. once a span named by its
+    /// record id has its ids.
+    pub fn with_trace(mut self: Arc<Self>, trace: Option<crate::trace_context::TraceContext>) -> Arc<Self> {
+        Arc::get_mut(&mut self).expect("a new draft has one owner").trace = trace;
+        self
     }
 
     pub fn begin(method: &Method, gateway_id: Arc<str>, sender: AuditSender) -> Arc<Self> {

@@ -17,13 +17,21 @@
 //! connection down the client gets `400` (OpenAI's error shape, `connection: close`) after them.
 //! A violation inside a body is answered by hyper itself (the body read fails). The upstream never sees the client's framing anyway: the gateway forwards a body
 //! it read whole, with its own `Content-Length`.
+//!
+//! While spans are exported, the guard times each head it validates (from its first bytes to
+//! the end of validation) and queues the check for the request's span ([`HeadChecks`]); a
+//! refusal is told when the refused bytes began to arrive. With export off it reads no clock.
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::SystemTime;
 
 use bytes::{Buf as _, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::head_checks::{HeadCheck, HeadChecks};
 
 /// Hex digits allowed in a chunk size: 15 cannot overflow a u64.
 const CHUNK_SIZE_DIGITS_MAX: usize = 15;
@@ -72,12 +80,43 @@ pub enum Violation {
     Trailers,
 }
 
+impl Violation {
+    /// A stable name for the violation (`error.type` of the guard's span).
+    pub fn code(self) -> &'static str {
+        match self {
+            Violation::HeadTooLarge(_) => "head_too_large",
+            Violation::BareLineFeed => "bare_line_feed",
+            Violation::BareCarriageReturn => "bare_carriage_return",
+            Violation::ControlCharacter => "control_character",
+            Violation::MalformedRequestLine => "malformed_request_line",
+            Violation::ObsoleteLineFolding => "obsolete_line_folding",
+            Violation::InvalidHeaderName => "invalid_header_name",
+            Violation::MissingColon => "missing_colon",
+            Violation::LookAlikeFramingHeader => "look_alike_framing_header",
+            Violation::DuplicateContentLength => "duplicate_content_length",
+            Violation::InvalidContentLength => "invalid_content_length",
+            Violation::ContentLengthWithTransferEncoding => "content_length_with_transfer_encoding",
+            Violation::UnsupportedTransferEncoding => "unsupported_transfer_encoding",
+            Violation::TransferEncodingInHttp10 => "transfer_encoding_in_http_1_0",
+            Violation::MalformedChunkSize => "malformed_chunk_size",
+            Violation::ChunkExtension => "chunk_extension",
+            Violation::MalformedChunkEnd => "malformed_chunk_end",
+            Violation::Trailers => "trailers",
+        }
+    }
+}
+
 /// How a validated request's body is delimited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Framing {
     Length(u64),
     Chunked,
 }
+
+/// What the guard calls at the first violation of a connection, with the violation and, while
+/// spans are exported, when the refused bytes began to arrive. It returns the complete HTTP
+/// response to send before closing.
+pub type OnRefusal = Box<dyn FnOnce(Violation, Option<SystemTime>) -> Vec<u8> + Send>;
 
 /// Scans `buffer` for the end of a request head. Returns the head's length (through its final
 /// CRLF CRLF, after any empty lines before it) when complete, `None` when more bytes are needed.
@@ -275,7 +314,16 @@ pub struct GuardedIo<T> {
     /// The 400 still to send after a refusal, and how much of it went out.
     rejection: Option<(Vec<u8>, usize)>,
     /// Told once about a refusal (to count and audit it); returns the response to send.
-    on_refusal: Option<Box<dyn FnOnce(Violation) -> Vec<u8> + Send>>,
+    on_refusal: Option<OnRefusal>,
+    /// Where validated heads are reported for the requests' spans; `None` while spans are not
+    /// exported, and then the guard reads no clock.
+    head_checks: Option<Arc<HeadChecks>>,
+    /// Heads validated so far: the next head's sequence number (counted with `head_checks`).
+    heads_validated: u64,
+    /// When the bytes of the head being collected began to arrive (with `head_checks`).
+    head_started: Option<SystemTime>,
+    /// When the latest read from the client returned (with `head_checks`).
+    read_at: Option<SystemTime>,
 }
 
 impl<T> std::fmt::Debug for GuardedIo<T> {
@@ -290,7 +338,7 @@ impl<T> GuardedIo<T> {
     pub fn new(
         inner: T,
         header_bytes_max: usize,
-        on_refusal: impl FnOnce(Violation) -> Vec<u8> + Send + 'static,
+        on_refusal: impl FnOnce(Violation, Option<SystemTime>) -> Vec<u8> + Send + 'static,
     ) -> Self {
         Self {
             inner,
@@ -300,7 +348,18 @@ impl<T> GuardedIo<T> {
             header_bytes_max,
             rejection: None,
             on_refusal: Some(Box::new(on_refusal)),
+            head_checks: None,
+            heads_validated: 0,
+            head_started: None,
+            read_at: None,
         }
+    }
+
+    /// Times every head the guard validates and queues its check in `head_checks`, in order.
+    /// Only while spans are exported: it costs clock reads.
+    pub fn with_head_checks(mut self, head_checks: Arc<HeadChecks>) -> Self {
+        self.head_checks = Some(head_checks);
+        self
     }
 
     pub fn get_ref(&self) -> &T {
@@ -322,10 +381,18 @@ impl<T> GuardedIo<T> {
                 Stage::Refused(_) => return,
                 Stage::Head => match find_head_end(&self.pending, self.header_bytes_max) {
                     Err(violation) => return self.refuse(violation),
-                    Ok(None) => false,
+                    Ok(None) => {
+                        // The head's first bytes came with the latest read: earlier bytes
+                        // were all consumed by the previous message.
+                        if self.head_started.is_none() {
+                            self.head_started = self.read_at;
+                        }
+                        false
+                    }
                     Ok(Some(length)) => match validate_head(&self.pending[..length]) {
                         Err(violation) => return self.refuse(violation),
                         Ok(framing) => {
+                            self.report_head(length, framing);
                             let head = self.pending.split_to(length);
                             self.validated.extend_from_slice(&head);
                             self.stage = match framing {
@@ -436,14 +503,25 @@ impl<T> GuardedIo<T> {
         result
     }
 
+    /// Queues the check of a head that just validated, when spans are exported.
+    fn report_head(&mut self, head_bytes: usize, framing: Framing) {
+        let Some(head_checks) = &self.head_checks else { return };
+        let finished = SystemTime::now();
+        let started = self.head_started.take().or(self.read_at).unwrap_or(finished);
+        let sequence = self.heads_validated;
+        self.heads_validated += 1;
+        head_checks.push(HeadCheck { sequence, started, finished, head_bytes, framing });
+    }
+
     fn refuse(&mut self, violation: Violation) {
         // Refused between requests, the guard answers; refused inside a body, hyper is mid-
         // request and answers itself (its body read fails), so a second response would follow.
         let between_requests = self.stage == Stage::Head;
         self.stage = Stage::Refused(violation);
         self.pending.clear();
+        let started = self.head_started.take().or(self.read_at);
         if let Some(on_refusal) = self.on_refusal.take() {
-            let response = on_refusal(violation);
+            let response = on_refusal(violation, started);
             if between_requests {
                 self.rejection = Some((response, 0));
             }
@@ -495,6 +573,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<T> {
             if buffer.filled().is_empty() {
                 // The client closed; hyper sees whatever it sent, unvalidated tail excluded.
                 return Poll::Ready(Ok(()));
+            }
+            if this.head_checks.is_some() {
+                this.read_at = Some(SystemTime::now());
             }
             this.pending.extend_from_slice(buffer.filled());
             this.advance();

@@ -147,15 +147,17 @@ impl Ledger {
             for entry in entries {
                 let log_id = entry.log_id;
                 let outcome = match entry.payload {
-                    EntryPayload::Blank => AppendOutcome { leaves: Vec::new(), tree_size: self.mmr.size().0 },
+                    EntryPayload::Blank => {
+                        AppendOutcome { leaves: Vec::new(), tree_size: self.mmr.size().0, applied: None }
+                    }
                     EntryPayload::Normal(Command::Append(records)) => self.append(records, &mut ids)?,
                     EntryPayload::Normal(Command::Publish(publication)) => {
                         self.publish(&publication, &mut batch);
-                        AppendOutcome { leaves: Vec::new(), tree_size: self.mmr.size().0 }
+                        AppendOutcome { leaves: Vec::new(), tree_size: self.mmr.size().0, applied: None }
                     }
                     EntryPayload::Membership(membership) => {
                         self.membership = StoredMembership::new(Some(log_id), membership);
-                        AppendOutcome { leaves: Vec::new(), tree_size: self.mmr.size().0 }
+                        AppendOutcome { leaves: Vec::new(), tree_size: self.mmr.size().0, applied: None }
                     }
                 };
                 self.last_applied = Some(log_id);
@@ -197,7 +199,7 @@ impl Ledger {
             self.pending_leaves.push(record.bytes);
             leaves.push(AppendedLeaf { leaf_index: index.0, already_present: false });
         }
-        Ok(AppendOutcome { leaves, tree_size: self.mmr.size().0 })
+        Ok(AppendOutcome { leaves, tree_size: self.mmr.size().0, applied: None })
     }
 
     /// Stores a published checkpoint if it verifies against the voters' keys (majority) and

@@ -5,6 +5,7 @@ use std::fs;
 use std::io::{self, BufReader, BufWriter, Seek as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
 
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{ErrorSubject, ErrorVerb, OptionalSend};
@@ -15,7 +16,8 @@ use super::ledger::{AppliedState, Ledger, OpenError};
 use super::reader::LedgerReader;
 use super::snapshot::{SnapshotHeader, SnapshotReader};
 use crate::types::{
-    AppendOutcome, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+    AppendOutcome, ApplyTimes, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership,
+    TypeConfig,
 };
 
 /// How many records an installing snapshot writes to sled per batch: bounds memory while a
@@ -97,10 +99,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        // The leader's spans show when its entries were applied (only while they are exported).
+        let started = telemetry::exporting().then(SystemTime::now);
         let entries: Vec<Entry> = entries.into_iter().collect();
         let ledger = Arc::clone(&self.ledger);
         // sled may block on I/O: keep it off the async workers.
-        let (outcomes, state) = tokio::task::spawn_blocking(move || {
+        let (mut outcomes, state) = tokio::task::spawn_blocking(move || {
             let mut ledger = ledger.lock().expect("the ledger lock is never poisoned");
             let outcomes = ledger.apply(entries)?;
             Ok::<_, super::ledger::ApplyError>((outcomes, ledger.state()))
@@ -109,6 +113,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         .map_err(|error| sm_error(ErrorVerb::Write, io::Error::other(error)))?
         .map_err(|error| sm_error(ErrorVerb::Write, io::Error::other(error)))?;
         self.applied.send_replace(state);
+        if let Some(started) = started {
+            let applied = ApplyTimes { started, finished: SystemTime::now() };
+            for outcome in &mut outcomes {
+                outcome.applied = Some(applied);
+            }
+        }
         Ok(outcomes)
     }
 

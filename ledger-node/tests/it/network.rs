@@ -17,8 +17,8 @@ use ledger_node::storage::log_store::LogStore;
 use ledger_node::storage::reader::LedgerReader;
 use ledger_node::storage::state_machine::StateMachineStore;
 use ledger_node::types::{
-    AppendBatch, AppendOutcome, AppendedLeaf, Command, Entry, LogId, NodeId, NodeInfo, PublishCheckpoint,
-    Record, RecordId, SnapshotMeta, StoredMembership, TypeConfig, Vote,
+    AppendBatch, AppendOutcome, AppendedLeaf, ApplyTimes, Command, Entry, LogId, NodeId, NodeInfo,
+    PublishCheckpoint, Record, RecordId, SnapshotMeta, StoredMembership, TypeConfig, Vote,
 };
 use mmr::{Checkpoint, Hash, NoteSignature, NoteSigner, SignedNote, TreeSize, VerifierPolicy};
 use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError, SnapshotMismatch};
@@ -175,9 +175,17 @@ fn every_raft_message_round_trips_through_postcard() {
         assert_eq!(round_trip(&result), result);
     }
 
-    let outcome =
-        AppendOutcome { leaves: vec![AppendedLeaf { leaf_index: 7, already_present: true }], tree_size: 8 };
+    let outcome = AppendOutcome {
+        leaves: vec![AppendedLeaf { leaf_index: 7, already_present: true }],
+        tree_size: 8,
+        applied: None,
+    };
     assert_eq!(round_trip(&outcome), outcome);
+    // The apply times are for the leader's own spans: never encoded.
+    let now = std::time::SystemTime::now();
+    let timed =
+        AppendOutcome { applied: Some(ApplyTimes { started: now, finished: now }), ..outcome.clone() };
+    assert_eq!(round_trip(&timed), outcome);
 }
 
 // ----- Test servers -----------------------------------------------------------------------
