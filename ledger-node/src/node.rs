@@ -73,8 +73,22 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         verifier_key = %node.info.verifier_key,
         "ledger node started"
     );
-    shutdown.await;
-    node.shutdown().await
+    // A node whose Raft stopped on a fatal error (a log or state machine write failed: disk
+    // full, I/O error) can no longer persist or apply anything. Serving on would answer reads
+    // from a frozen state forever; fail-stop instead, so the supervisor restarts it on its
+    // durable state once the disk is fixed.
+    tokio::select! {
+        () = shutdown => node.shutdown().await,
+        fatal = node.raft_failed() => {
+            tracing::error!(
+                error = %fatal,
+                "Raft stopped on a fatal error: this node can no longer persist or apply entries. Exiting so \
+                 that it restarts on its durable state; check the data directory's disk (space, I/O errors)"
+            );
+            let _ = node.shutdown().await;
+            Err(anyhow::anyhow!("Raft stopped on a fatal error: {fatal}"))
+        }
+    }
 }
 
 impl LedgerNode {
@@ -260,6 +274,20 @@ impl LedgerNode {
             stop,
             tasks,
         })
+    }
+
+    /// Completes when Raft stops by itself on a fatal error (never on [`Self::shutdown`]);
+    /// returns the error.
+    pub async fn raft_failed(&self) -> String {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if let Err(fatal) = &metrics.borrow_and_update().running_state {
+                return fatal.to_string();
+            }
+            if metrics.changed().await.is_err() {
+                return "the Raft core is gone".to_owned();
+            }
+        }
     }
 
     /// Stops accepting requests, lets in-flight ones finish (up to a grace period), stops Raft
