@@ -9,8 +9,10 @@ use proto::v1;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::binaries::binary;
+use crate::disk::Tmpfs;
 use crate::ports::free_port;
 use crate::process::{Process, wait_for_port};
+use crate::relay::{Network, source_ip};
 
 /// The checkpoint origin of every test cluster.
 pub const ORIGIN: &str = "aegis.test/ledger";
@@ -56,6 +58,10 @@ pub struct ClusterOptions {
     pub uninitialised: bool,
     /// Environment variables for every node (e.g. `OTEL_EXPORTER_OTLP_ENDPOINT`).
     pub env: Vec<(String, String)>,
+    /// Route peer traffic through fault-injecting relays ([`LedgerCluster::network`]).
+    pub relays: bool,
+    /// Give node `.0` (an id) a data directory on a tmpfs of `.1` bytes, to fill it up.
+    pub small_disk: Option<(u64, u64)>,
 }
 
 impl Default for ClusterOptions {
@@ -66,6 +72,8 @@ impl Default for ClusterOptions {
             signing_keys: Vec::new(),
             uninitialised: false,
             env: Vec::new(),
+            relays: false,
+            small_disk: None,
         }
     }
 }
@@ -73,10 +81,13 @@ impl Default for ClusterOptions {
 /// Ledger nodes as separate processes, each with its own data directory and log file under one
 /// temporary directory. Dropping the cluster kills every node.
 pub struct LedgerCluster {
+    /// Unmounted before `dir` is removed (fields drop in order, after `Drop::drop` killed the nodes).
+    mounts: Vec<Tmpfs>,
     dir: tempfile::TempDir,
     nodes: Vec<LedgerNode>,
     extra_args: Vec<String>,
     env: Vec<(String, String)>,
+    network: Option<Network>,
 }
 
 impl LedgerCluster {
@@ -104,7 +115,16 @@ impl LedgerCluster {
             std::fs::create_dir_all(&node.data_dir).expect("create the node's data directory");
             std::fs::copy(key, node.signing_key_file()).expect("copy the node's signing key");
         }
-        let mut cluster = Self { dir, nodes, extra_args: options.extra_args, env: options.env };
+        let mut mounts = Vec::new();
+        if let Some((id, bytes)) = options.small_disk {
+            let node = nodes.iter().find(|node| node.id == id).expect("small_disk names a node");
+            mounts.push(Tmpfs::mount(&node.data_dir, bytes));
+        }
+        let network = options
+            .relays
+            .then(|| Network::start(&nodes.iter().map(|node| (node.id, node.peer)).collect::<Vec<_>>()));
+        let mut cluster =
+            Self { mounts, dir, nodes, extra_args: options.extra_args, env: options.env, network };
         for index in 0..cluster.nodes.len() {
             cluster.spawn(index);
         }
@@ -141,6 +161,51 @@ impl LedgerCluster {
         self.nodes.iter().map(|node| node.client.to_string()).collect()
     }
 
+    /// The relays between the nodes.
+    ///
+    /// # Panics
+    ///
+    /// If the cluster was started without [`ClusterOptions::relays`].
+    pub fn network(&self) -> &Network {
+        self.network.as_ref().expect("the cluster was started with relays")
+    }
+
+    /// The tmpfs of [`ClusterOptions::small_disk`].
+    ///
+    /// # Panics
+    ///
+    /// If the cluster was started without one.
+    pub fn small_disk(&self) -> &Tmpfs {
+        self.mounts.first().expect("the cluster was started with a small disk")
+    }
+
+    /// The process id of node `index`, if it runs.
+    pub fn pid(&self, index: usize) -> Option<u32> {
+        self.nodes[index].process.as_ref().map(Process::pid)
+    }
+
+    /// SIGSTOP: the node freezes (timers, connections and all) until [`Self::resume`].
+    pub fn pause(&self, index: usize) {
+        self.nodes[index].process.as_ref().expect("a running node").signal("STOP");
+    }
+
+    /// SIGCONT after [`Self::pause`].
+    pub fn resume(&self, index: usize) {
+        self.nodes[index].process.as_ref().expect("a running node").signal("CONT");
+    }
+
+    /// Whether node `index`'s process has exited (by itself: a crash or a fatal error).
+    pub fn has_exited(&mut self, index: usize) -> bool {
+        self.nodes[index].process.as_mut().is_some_and(|process| !process.is_running())
+    }
+
+    /// Forgets node `index`'s exited process, so it can be restarted.
+    pub fn reap(&mut self, index: usize) {
+        if let Some(process) = self.nodes[index].process.take() {
+            process.kill();
+        }
+    }
+
     /// Kills node `index` (SIGKILL: nothing is flushed that was not already durable).
     pub fn kill(&mut self, index: usize) {
         if let Some(process) = self.nodes[index].process.take() {
@@ -152,6 +217,29 @@ impl LedgerCluster {
     pub async fn restart(&mut self, index: usize) {
         self.spawn(index);
         wait_for_port(self.nodes[index].client, &self.nodes[index].log).await;
+    }
+
+    /// SIGTERM to node `index`; returns whether it shut down cleanly within 30 s.
+    pub fn stop(&mut self, index: usize) -> bool {
+        self.nodes[index].process.take().is_none_or(|process| process.terminate(Duration::from_secs(30)))
+    }
+
+    /// The index of the node the first answering running node names as leader.
+    pub async fn leader_index(&self) -> Option<usize> {
+        for node in &self.nodes {
+            if !node.is_running() {
+                continue;
+            }
+            let mut admin = admin(node.client);
+            let status =
+                tokio::time::timeout(Duration::from_secs(1), admin.status(v1::StatusRequest {})).await;
+            if let Ok(Ok(status)) = status
+                && let Some(leader) = status.into_inner().leader_id
+            {
+                return self.nodes.iter().position(|node| node.id == leader);
+            }
+        }
+        None
     }
 
     /// Kills every node.
@@ -187,6 +275,11 @@ impl LedgerCluster {
             .args(&self.extra_args)
             .env("RUST_LOG", "warn")
             .envs(self.env.iter().map(|(name, value)| (name, value)));
+        if let Some(network) = &self.network {
+            command
+                .args(["--advertise-peer-addr", &network.relay_addr(node.id).to_string()])
+                .args(["--peer-source-ip", &source_ip(node.id).to_string()]);
+        }
         node.process = Some(Process::spawn(command, &node.log));
     }
 

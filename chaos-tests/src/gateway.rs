@@ -87,9 +87,49 @@ impl GatewayProcess {
         }
     }
 
+    /// The value of the unlabelled metric `name` in the gateway's `/metrics`, if it answers.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let body = http_get(self.addr, "/metrics").await?;
+        body.lines().find_map(|line| {
+            let (metric, value) = line.split_once(' ')?;
+            (metric == name).then(|| value.trim().parse().ok()).flatten()
+        })
+    }
+
+    /// Waits up to `within` until the gateway holds no audit record in memory or in its spool.
+    /// Returns whether it drained.
+    pub async fn wait_drained(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            let queued = self.metric("aegis_gateway_audit_queue_depth").await;
+            let spooled = self.metric("aegis_gateway_audit_spool_records").await;
+            if queued == Some(0.0) && spooled == Some(0.0) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        false
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.process.is_some()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+}
+
+/// The body of `GET path` on `addr` when it answers 200.
+async fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response)).await.ok()?.ok()?;
+    let text = String::from_utf8(response).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
 }
 
 /// The status code of `GET path` on `addr`, or `None` if nothing answered.

@@ -4,16 +4,23 @@
 //! the binaries' internals: everything goes through their command lines, ports and files.
 
 mod binaries;
+pub mod checks;
 mod cluster;
+mod disk;
 mod gateway;
 pub mod otlp;
 mod ports;
 mod process;
 mod records;
+pub mod relay;
+mod rng;
+pub mod workload;
 
 pub use crate::binaries::binary;
 pub use crate::cluster::{ClusterOptions, LedgerCluster, LedgerNode, ORIGIN};
+pub use crate::disk::Tmpfs;
 pub use crate::gateway::GatewayProcess;
 pub use crate::ports::free_port;
 pub use crate::process::{Process, wait_for_port};
 pub use crate::records::{audit_record, record_id};
+pub use crate::rng::Rng;
