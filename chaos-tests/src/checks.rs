@@ -295,11 +295,11 @@ async fn settle(cluster: &LedgerCluster) -> u64 {
             if !node.is_running() {
                 continue;
             }
-            let applied = tokio::time::timeout(Duration::from_secs(2), cluster.status(index)).await;
+            let applied = cluster.try_status(index).await;
             let published =
                 tokio::time::timeout(Duration::from_secs(2), try_latest_published(cluster, index)).await;
             match (applied, published) {
-                (Ok(status), Ok(Some(published))) => {
+                (Some(status), Ok(Some(published))) => {
                     sizes.insert(status.applied_tree_size);
                     sizes.insert(published.tree_size);
                     seen.push(format!(

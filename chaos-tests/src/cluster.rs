@@ -219,6 +219,17 @@ impl LedgerCluster {
         wait_for_port(self.nodes[index].client, &self.nodes[index].log).await;
     }
 
+    /// Starts node `index` again on its data directory without waiting for anything (it may
+    /// refuse to serve).
+    pub fn start_node(&mut self, index: usize) {
+        self.spawn(index);
+    }
+
+    /// The status code of node `index`'s `GET /healthz`, if it answers.
+    pub async fn healthz(&self, index: usize) -> Option<u16> {
+        crate::gateway::http_status(self.nodes[index].metrics, "/healthz").await
+    }
+
     /// SIGTERM to node `index`; returns whether it shut down cleanly within 30 s.
     pub fn stop(&mut self, index: usize) -> bool {
         self.nodes[index].process.take().is_none_or(|process| process.terminate(Duration::from_secs(30)))
@@ -304,6 +315,20 @@ impl LedgerCluster {
     /// Node `index`'s view of the cluster.
     pub async fn status(&self, index: usize) -> v1::StatusResponse {
         admin(self.nodes[index].client).status(v1::StatusRequest {}).await.expect("status").into_inner()
+    }
+
+    /// Node `index`'s view of the cluster, if it answers within a second.
+    pub async fn try_status(&self, index: usize) -> Option<v1::StatusResponse> {
+        let mut admin = admin(self.nodes[index].client);
+        let status = tokio::time::timeout(Duration::from_secs(1), admin.status(v1::StatusRequest {})).await;
+        Some(status.ok()?.ok()?.into_inner())
+    }
+
+    /// The last `lines` lines of node `index`'s log.
+    pub fn log_tail(&self, index: usize, lines: usize) -> String {
+        let log = std::fs::read_to_string(&self.nodes[index].log).unwrap_or_default();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
     }
 
     /// The ledger's applied tree size, as the first running node reports it.

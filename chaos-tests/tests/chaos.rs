@@ -381,18 +381,19 @@ async fn wait_recovered(workload: &Workload, since: Option<Instant>) {
 async fn wait_caught_up(cluster: &LedgerCluster, index: usize) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Some(leader) = cluster.leader_index().await {
-            let target = cluster.status(leader).await.applied_tree_size;
-            if let Ok(Ok(status)) = tokio::time::timeout(Duration::from_secs(1), async {
-                Ok::<_, ()>(cluster.status(index).await)
-            })
-            .await
-                && status.applied_tree_size >= target
-            {
-                return;
-            }
+        if let Some(leader) = cluster.leader_index().await
+            && let Some(target) = cluster.try_status(leader).await
+            && let Some(status) = cluster.try_status(index).await
+            && status.applied_tree_size >= target.applied_tree_size
+        {
+            return;
         }
-        assert!(Instant::now() < deadline, "node {} did not catch up within 30 s", index + 1);
+        assert!(
+            Instant::now() < deadline,
+            "node {} did not catch up within 30 s; its log ends:\n{}",
+            index + 1,
+            cluster.log_tail(index, 20)
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -420,24 +421,46 @@ async fn disk_full(stack: &mut Stack, workload: &Workload, report: &mut FaultRep
 }
 
 /// A follower is killed, one byte of its sled data file is flipped, and it starts again. It
-/// must refuse to serve what it cannot trust (and exit, or stay unhealthy), or serve exactly
-/// the log the others serve (when the byte was dead space or the damage repairable).
+/// must refuse to serve what it cannot trust (exit, or stay up unhealthy with its client port
+/// closed), or serve exactly the log the others serve (when the byte was dead space or the
+/// damage repairable); the final checks compare it with the others then.
 async fn flipped_byte(stack: &mut Stack, rng: &mut Rng, report: &mut FaultReport) {
     let follower = stack.follower().await;
     report.injected = Some(Instant::now());
     stack.cluster.kill(follower);
-    let db = stack.cluster.nodes()[follower].data_dir.join("db");
+    let db = stack.cluster.nodes()[follower].data_dir.join("sled").join("db");
     let (offset, length) = flip_byte(&db, rng);
-    stack.cluster.restart(follower).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let exited = stack.cluster.has_exited(follower);
-    if exited {
+    stack.cluster.start_node(follower);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let verdict = loop {
+        if stack.cluster.has_exited(follower) {
+            break "exited";
+        }
+        if stack.cluster.healthz(follower).await == Some(503) {
+            break "stayed unhealthy";
+        }
+        if stack.cluster.try_status(follower).await.is_some() {
+            break "serves";
+        }
+        assert!(Instant::now() < deadline, "node {} neither serves nor refuses after 20 s", follower + 1);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let node = follower + 1;
+    if verdict == "serves" {
+        wait_caught_up(&stack.cluster, follower).await;
+        report.note = format!("byte {offset} of {length}: node {node} serves the same log");
+    } else {
+        assert!(
+            stack.cluster.try_status(follower).await.is_none(),
+            "node {node} {verdict} but answers on its client port"
+        );
+        let reason = stack.cluster.log_tail(follower, 50);
+        let reason =
+            reason.lines().find(|line| line.contains("ERROR")).unwrap_or("no ERROR line logged").to_owned();
         stack.cluster.reap(follower);
         report.excluded.push(follower);
-        report.note = format!("byte {offset} of {length}: node {} refused to start", follower + 1);
-    } else {
-        wait_caught_up(&stack.cluster, follower).await;
-        report.note = format!("byte {offset} of {length}: node {} serves the same log", follower + 1);
+        report.note = format!("byte {offset} of {length}: node {node} {verdict}");
+        eprintln!("   node {node} refused its corrupted data: {reason}");
     }
 }
 

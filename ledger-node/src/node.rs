@@ -26,6 +26,7 @@ use crate::storage::ledger::AppliedState;
 use crate::storage::log_store::LogStore;
 use crate::storage::reader::LedgerReader;
 use crate::storage::state_machine::StateMachineStore;
+use crate::storage::watermark::Watermark;
 use crate::types::{NodeId, NodeInfo, Raft};
 
 /// How long shutdown waits for in-flight requests before it stops the servers anyway.
@@ -114,7 +115,13 @@ impl LedgerNode {
             .with_context(|| format!("opening the sled database in {}", sled_dir.display()))?;
         let mode = if config.durability.fsync { SyncMode::Fdatasync } else { SyncMode::SledFlushOnly };
         let syncer = Syncer::new(&db, &sled_dir, mode).context("starting the log syncer")?;
-        let log_store = LogStore::open(&db, syncer.clone()).context("opening the Raft log")?;
+        let unhealthy = |error: &dyn std::fmt::Display| health.set_unhealthy(error.to_string());
+        let (watermark, mark) = Watermark::open(&config.data_dir).inspect_err(|error| unhealthy(error))?;
+        let log_store = LogStore::open(&db, syncer.clone(), watermark).context("opening the Raft log")?;
+        log_store
+            .check_watermark(mark)
+            .inspect_err(|error| unhealthy(error))
+            .context("checking the Raft log")?;
         let state_machine =
             StateMachineStore::open(&db, &config.data_dir.join("snapshots"), &config.origin, syncer.clone())
                 .map_err(|error| {

@@ -25,6 +25,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::durable::Syncer;
+use super::watermark::{Mark, Watermark, WatermarkError};
 use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig, Vote};
 
 /// Name of the sled tree that holds the log entries.
@@ -40,17 +41,32 @@ pub struct LogStore {
     meta: sled::Tree,
     /// Makes appends and votes durable; shared with the state machine, which uses the same db.
     syncer: Syncer,
+    /// Records, outside sled, how far the log and the vote were made durable.
+    watermark: Watermark,
 }
 
 impl LogStore {
-    /// Opens the Raft log trees in `db`. `syncer` MUST be the syncer of this same `db`.
-    pub fn open(db: &sled::Db, syncer: Syncer) -> Result<LogStore, StorageError> {
+    /// Opens the Raft log trees in `db`. `syncer` MUST be the syncer of this same `db`, and
+    /// `watermark` this node's (check it with [`Self::check_watermark`] before use).
+    pub fn open(db: &sled::Db, syncer: Syncer, watermark: Watermark) -> Result<LogStore, StorageError> {
         let log =
             db.open_tree(LOG_TREE).map_err(|error| sled_error(ErrorSubject::Logs, ErrorVerb::Read, error))?;
         let meta = db
             .open_tree(META_TREE)
             .map_err(|error| sled_error(ErrorSubject::Store, ErrorVerb::Read, error))?;
-        Ok(LogStore { log, meta, syncer })
+        Ok(LogStore { log, meta, syncer, watermark })
+    }
+
+    /// Refuses a log or vote that sled recovered behind `mark`, the watermark read at start-up:
+    /// sled dropped durable writes, so its data files are damaged.
+    pub fn check_watermark(&self, mark: Mark) -> Result<(), WatermarkCheckError> {
+        let last_purged: Option<LogId> = self.read_meta(META_LAST_PURGED, ErrorSubject::Logs)?;
+        let last = self.last_entry_log_id()?.or(last_purged);
+        let vote: Option<Vote> = self.read_meta(META_VOTE, ErrorSubject::Vote)?;
+        let log_end = last.map_or(0, |log_id| log_id.index + 1);
+        let vote_term = vote.map_or(0, |vote| vote.leader_id.term);
+        Watermark::check(mark, log_end, vote_term)?;
+        Ok(())
     }
 
     /// The syncer this store acknowledges durability through.
@@ -77,8 +93,17 @@ impl LogStore {
             last_log_id = Some(entry.log_id);
         }
         let subject = || last_log_id.map_or(ErrorSubject::Logs, ErrorSubject::Log);
+        let generation = self.watermark.generation();
         self.log.apply_batch(batch).map_err(|error| sled_error(subject(), ErrorVerb::Write, error))?;
-        self.syncer.sync_then(on_durable).await;
+        let watermark = self.watermark.clone();
+        self.syncer
+            .sync_then(move |result| {
+                if let (Ok(()), Some(log_id)) = (&result, last_log_id) {
+                    watermark.raise_log(log_id.index + 1, generation);
+                }
+                on_durable(result);
+            })
+            .await;
         Ok(())
     }
 
@@ -210,9 +235,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.write_meta(META_VOTE, vote, ErrorSubject::Vote)?;
         // openraft MUST NOT act on a vote (grant it, campaign with it) that a power loss could
         // take back: wait for the group flush. The wait runs on the syncer thread, not here.
+        let (done, durable) = tokio::sync::oneshot::channel();
+        let (watermark, term) = (self.watermark.clone(), vote.leader_id.term);
         self.syncer
-            .sync()
+            .sync_then(move |result| {
+                if result.is_ok() {
+                    watermark.raise_vote(term);
+                }
+                let _ = done.send(result);
+            })
+            .await;
+        durable
             .await
+            .unwrap_or_else(|_| Err(io::Error::other("the sled syncer thread has stopped")))
             .map_err(|error| StorageError::from_io_error(ErrorSubject::Vote, ErrorVerb::Write, error))
     }
 
@@ -245,6 +280,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // The watermark goes down first, durably: a crash after the truncation must not leave a
+        // mark above the (legitimately) shorter log.
+        let watermark = self.watermark.clone();
+        tokio::task::spawn_blocking(move || watermark.lower_log(log_id.index))
+            .await
+            .map_err(|error| io::Error::other(error.to_string()))
+            .and_then(|lowered| lowered)
+            .map_err(|error| {
+                StorageError::from_io_error(ErrorSubject::Log(log_id), ErrorVerb::Write, error)
+            })?;
         // Highest index first: whatever prefix of the removal a crash keeps, the log stays
         // contiguous.
         let keys = self.log.range(index_key(log_id.index)..).keys().rev();
@@ -268,6 +313,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let keys = self.log.range(..=index_key(log_id.index)).keys();
         self.remove_in_batches(keys, || ErrorSubject::Log(log_id))
     }
+}
+
+/// Why [`LogStore::check_watermark`] refused the stored log.
+#[derive(Debug, thiserror::Error)]
+pub enum WatermarkCheckError {
+    #[error("reading the Raft log state: {0}")]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Behind(#[from] WatermarkError),
 }
 
 /// `raft_meta` key of the vote.

@@ -11,6 +11,7 @@ mod node_cache;
 pub mod reader;
 pub mod snapshot;
 pub mod state_machine;
+pub mod watermark;
 
 /// sled's segment size. sled stores any value larger than a quarter of a segment as a file of
 /// its own ("blob"), created and fsynced apart from its log; with the default 512 KiB segments

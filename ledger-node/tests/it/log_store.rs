@@ -10,6 +10,7 @@ use std::sync::mpsc as std_mpsc;
 use ledger_node::storage::durable::{SyncMode, Syncer};
 use ledger_node::storage::log_store::{LOG_TREE, LogStore, META_TREE};
 use ledger_node::storage::state_machine::StateMachineStore;
+use ledger_node::storage::watermark::{Mark, Watermark, WatermarkError};
 use ledger_node::types::{Entry, StorageError, TypeConfig, Vote};
 use openraft::storage::{RaftLogReader, RaftLogStorage};
 use openraft::testing::{StoreBuilder, Suite};
@@ -48,11 +49,19 @@ impl TestStore {
     }
 }
 
+/// Opens the store in `path`, with its watermark in `path`'s parent, and checks the watermark.
 fn open_store(path: &Path) -> (sled::Db, Syncer, LogStore) {
+    let (db, syncer, store, mark) = open_unchecked(path);
+    store.check_watermark(mark).expect("the log is not behind its watermark");
+    (db, syncer, store)
+}
+
+fn open_unchecked(path: &Path) -> (sled::Db, Syncer, LogStore, Mark) {
     let db = crate::support::open_sled(path);
     let syncer = Syncer::new(&db, path, SyncMode::Fdatasync).expect("syncer starts");
-    let store = LogStore::open(&db, syncer.clone()).expect("log store opens");
-    (db, syncer, store)
+    let (watermark, mark) = Watermark::open(path.parent().expect("a parent")).expect("the watermark opens");
+    let store = LogStore::open(&db, syncer.clone(), watermark).expect("log store opens");
+    (db, syncer, store, mark)
 }
 
 /// Appends `entries` and waits until the store reports them durable.
@@ -323,6 +332,43 @@ async fn corrupt_bytes_on_disk_are_storage_errors() {
 
     // The store still works for what is intact.
     assert_eq!(test.store.try_get_log_entries(0..3).await.expect("read").len(), 3);
+}
+
+/// sled recovers a damaged data file by silently dropping everything after the damage: the
+/// node must notice that its log or vote went back and refuse it.
+#[tokio::test]
+async fn a_log_or_vote_behind_what_was_made_durable_is_refused_at_open() {
+    use ledger_node::storage::log_store::WatermarkCheckError;
+    let mut test = TestStore::new();
+    append(&mut test.store, (0..10).map(|index| append_entry(index, [index])).collect()).await;
+    test.store.save_vote(&Vote::new_committed(3, 2)).await.expect("save vote");
+    // What sled's recovery does with a damaged tail: the last entries are gone.
+    let log = test.db.open_tree(LOG_TREE).expect("log tree");
+    for index in 7..10u64 {
+        log.remove(index.to_be_bytes()).expect("remove");
+    }
+    test.syncer.sync().await.expect("sync");
+    drop(log);
+    let TestStore { store, syncer, db, dir } = test;
+    drop((store, syncer, db));
+    let (_db, _syncer, store, mark) = open_unchecked(&dir.path().join("sled"));
+    assert_eq!(mark, Mark { log_end: 10, vote_term: 3 });
+    let error = store.check_watermark(mark).expect_err("a log that lost durable entries");
+    assert!(
+        matches!(error, WatermarkCheckError::Behind(WatermarkError::LogRegressed { expected: 10, found: 7 })),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("sled's data files are damaged"), "{error}");
+
+    // An older vote than the one made durable.
+    let meta = _db.open_tree(META_TREE).expect("meta tree");
+    let old_vote = postcard::to_allocvec(&Vote::new_committed(2, 1)).expect("encode");
+    meta.insert("vote", old_vote).expect("write the older vote");
+    let error = store.check_watermark(Mark { log_end: 7, vote_term: 3 }).expect_err("an older vote");
+    assert!(matches!(
+        error,
+        WatermarkCheckError::Behind(WatermarkError::VoteRegressed { expected: 3, found: 2 })
+    ));
 }
 
 #[tokio::test]

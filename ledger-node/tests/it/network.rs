@@ -710,7 +710,9 @@ async fn sled_node(id: NodeId, config: Arc<openraft::Config>) -> TestNode<SledSt
     let db = sled::Config::new().path(&path).open().expect("sled opens");
     // Durability is not under test here, and fdatasync would only slow the test down.
     let syncer = Syncer::new(&db, &path, SyncMode::SledFlushOnly).expect("syncer starts");
-    let log = LogStore::open(&db, syncer.clone()).expect("log store opens");
+    let (watermark, _) =
+        ledger_node::storage::watermark::Watermark::open(dir.path()).expect("the watermark opens");
+    let log = LogStore::open(&db, syncer.clone(), watermark).expect("log store opens");
     let state_machine = StateMachineStore::open(&db, &dir.path().join("snapshots"), ORIGIN, syncer)
         .expect("state machine opens");
     let state = SledState { applied: state_machine.subscribe(), reader: state_machine.reader(), _dir: dir };
