@@ -110,7 +110,8 @@ impl Stack {
 /// What a fault reports besides the oracle's verdict.
 #[derive(Default)]
 struct FaultReport {
-    /// When the fault began (recovery is measured from here).
+    /// When the fault began, or for an outage (the whole ledger down) when it ended: recovery
+    /// is measured from here.
     injected: Option<Instant>,
     /// A gateway was SIGKILLed (its async records in memory were never promised).
     gateway_killed: bool,
@@ -161,7 +162,11 @@ async fn no_acknowledged_record_is_lost_duplicated_or_forked_under_faults() {
         }
     }
 
-    eprintln!("\n{}", table(&rows));
+    let summary = format!("seed {seed}\n{}", table(&rows));
+    eprintln!("\n{summary}");
+    if let Some(path) = std::env::var_os("AEGIS_CHAOS_SUMMARY") {
+        std::fs::write(&path, &summary).expect("write the chaos summary");
+    }
     let failures: Vec<String> = rows
         .iter()
         .filter(|row| {
@@ -330,19 +335,19 @@ async fn fault(name: &str, stack: &mut Stack, workload: &Workload, rng: &mut Rng
         "gateway-killed-with-spool" => {
             // The ledger goes away, the gateways spool, gateway 1 is killed with records in
             // its spool, then everything comes back.
-            report.injected = Some(Instant::now());
             stack.cluster.kill_all();
             tokio::time::sleep(Duration::from_secs(3)).await;
             let spooled = stack.gateways[0].metric("aegis_gateway_audit_spool_records").await.unwrap_or(0.0);
             stack.gateways[0].kill();
             report.gateway_killed = true;
             report.note = format!("gateway killed with {spooled} records spooled");
+            // Recovery is measured from the restart: the outage itself is the scenario.
+            report.injected = Some(Instant::now());
             stack.cluster.restart_all().await;
             stack.gateways[0].restart().await;
         }
         "ledger-down" => {
             let down = ledger_down_time();
-            report.injected = Some(Instant::now());
             stack.cluster.kill_all();
             tokio::time::sleep(down).await;
             let spooled: f64 = {
@@ -352,6 +357,7 @@ async fn fault(name: &str, stack: &mut Stack, workload: &Workload, rng: &mut Rng
                 }
                 total
             };
+            report.injected = Some(Instant::now());
             stack.cluster.restart_all().await;
             report.note = format!("ledger down {down:?}, {spooled} records spooled");
         }
@@ -491,6 +497,14 @@ async fn fsync_eio(stack: &mut Stack, workload: &Workload, report: &mut FaultRep
     let log = stack.cluster.dir().join("strace.log");
     let mut strace = Strace::attach(pid, &log);
     report.injected = Some(Instant::now());
+    // strace ends by itself only when the node exits (on the injected error).
+    if let Err(problem) = strace.status(&log) {
+        assert!(
+            stack.cluster.has_exited(leader),
+            "strace could not attach to node {}: {problem}",
+            leader + 1
+        );
+    }
     wait_recovered(workload, report.injected).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let exited = stack.cluster.has_exited(leader);
@@ -514,7 +528,7 @@ impl Strace {
     fn attach(pid: u32, log: &Path) -> Self {
         let strace = ["/usr/bin/strace", "/bin/strace"].into_iter().find(|path| Path::new(path).exists());
         let strace = strace.expect("strace is not installed: `apt-get install -y strace` (.ci/run does it)");
-        let mut child = Command::new(strace)
+        let child = Command::new(strace)
             .args([
                 "-f",
                 "-qq",
@@ -528,17 +542,28 @@ impl Strace {
             .args(["-p", &pid.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(log.with_extension("err")).expect("strace's error file"))
             .spawn()
             .expect("start strace");
         // strace attaches to every thread before the first injection; give it a moment.
         std::thread::sleep(Duration::from_millis(500));
-        assert!(child.try_wait().expect("strace's status").is_none(), "strace could not attach to {pid}");
         Self { child }
     }
 
+    /// Whether strace is still running, and what it reported if it is not.
+    fn status(&mut self, log: &Path) -> Result<(), String> {
+        match self.child.try_wait().expect("strace's status") {
+            None => Ok(()),
+            Some(status) => Err(format!(
+                "strace ended ({status}): {}",
+                std::fs::read_to_string(log.with_extension("err")).unwrap_or_default()
+            )),
+        }
+    }
+
     fn detach(&mut self) {
-        let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
+        let _ =
+            Command::new("kill").args(["-INT", &self.child.id().to_string()]).stderr(Stdio::null()).status();
         let _ = self.child.wait();
     }
 }
