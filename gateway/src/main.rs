@@ -37,7 +37,7 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-    // The span exporter's gRPC channel lives on the runtime.
+    // The span exporter's connections (gRPC channel or HTTP client) live on the runtime.
     let guards = match runtime.block_on(async { gateway::telemetry::init(&config.log) }) {
         Ok(guards) => guards,
         Err(error) => {

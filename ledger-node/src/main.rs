@@ -37,7 +37,7 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-    // The span exporter's gRPC channel lives on the runtime.
+    // The span exporter's connections (gRPC channel or HTTP client) live on the runtime.
     let spans = match runtime.block_on(async { ledger_node::telemetry::init(&config.log) }) {
         Ok(guard) => guard,
         Err(error) => {

@@ -87,7 +87,7 @@ pub fn export_finished_root(span: FinishedSpan) -> Option<([u8; 16], [u8; 8], u8
 /// bytes arrived, before the `tracing` span could be created. A no-op when export is off.
 ///
 /// Carried as an attribute that the export pipeline removes when the span ends (see
-/// [`StartTimeOverride`]): `tracing` spans take their start time at creation, and
+/// `StartTimeOverride`): `tracing` spans take their start time at creation, and
 /// `tracing-opentelemetry` offers no way to change it.
 pub fn set_start_time(span: &tracing::Span, start: SystemTime) {
     if !exporting() {

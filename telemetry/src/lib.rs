@@ -1,13 +1,14 @@
-//! OpenTelemetry trace export (OTLP over gRPC) and W3C trace-context propagation for Aegis, and
-//! Prometheus exposition-format negotiation ([`exposition`]).
+//! OpenTelemetry trace export (OTLP over gRPC or HTTP/protobuf) and W3C trace-context propagation
+//! for Aegis, and Prometheus exposition-format negotiation ([`exposition`]).
 //!
 //! # What this crate does
 //!
-//! * [`init`] builds an OpenTelemetry tracer provider that exports spans over OTLP/gRPC through a
-//!   bounded [`BatchSpanProcessor`] and returns a `tracing_subscriber` layer that turns `tracing`
-//!   spans into OpenTelemetry spans. It does **not** install a global subscriber: the caller composes
-//!   the layer with its own fmt/log layers. When no endpoint is configured, no layer is returned at
-//!   all (`None` is a no-op layer), so tracing export costs nothing.
+//! * [`init`] builds an OpenTelemetry tracer provider that exports spans over OTLP (gRPC or
+//!   HTTP/protobuf, see [`OtlpProtocol`]) through a bounded [`BatchSpanProcessor`] and returns a
+//!   `tracing_subscriber` layer that turns `tracing` spans into OpenTelemetry spans. It does
+//!   **not** install a global subscriber: the caller composes the layer with its own fmt/log
+//!   layers. When no endpoint is configured, no layer is returned at all (`None` is a no-op
+//!   layer), so tracing export costs nothing.
 //! * [`extract_http`] / [`inject_http`] and [`extract_tonic`] / [`inject_tonic`] (plus
 //!   [`TraceContextInterceptor`] and [`set_parent_from_tonic`]) carry W3C `traceparent` /
 //!   `tracestate` across HTTP and gRPC hops.
@@ -27,7 +28,7 @@
 //! use tracing_subscriber::util::SubscriberInitExt;
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! // Inside the Tokio runtime (the gRPC channel is created there).
+//! // Inside the Tokio runtime (the exporter's connections run there).
 //! let config = telemetry::TracingConfig::from_env("aegis-gateway")?;
 //! let (otel_layer, guard) = telemetry::init(&config)?;
 //! let fmt_layer = tracing_subscriber::fmt::layer();
@@ -50,11 +51,15 @@
 //!
 //! Read by [`TracingConfig::from_env`] (this crate):
 //! `OTEL_SDK_DISABLED`, `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, `OTEL_EXPORTER_OTLP_ENDPOINT`,
-//! `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, `OTEL_EXPORTER_OTLP_PROTOCOL` (only `grpc` is accepted;
-//! `http/protobuf` and `http/json` are rejected with [`Error::UnsupportedProtocol`] because they
-//! would need the HTTP client features of `opentelemetry-otlp`), `OTEL_SERVICE_NAME`,
+//! `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, `OTEL_EXPORTER_OTLP_PROTOCOL` (`grpc`, the default, or
+//! `http/protobuf`; `http/json` and anything else are an [`Error::InvalidEnv`]), `OTEL_SERVICE_NAME`,
 //! `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG` (parsed strictly: a typo is an error at start-up,
 //! where the SDK would silently fall back to `parentbased_always_on`).
+//!
+//! The endpoint follows the OTLP exporter specification: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is
+//! used as is; `OTEL_EXPORTER_OTLP_ENDPOINT` is used as is for gRPC and, for `http/protobuf`, is a
+//! base URL to which `/v1/traces` is appended (`http://collector:4318` and `http://collector:4318/`
+//! both give `http://collector:4318/v1/traces`). Neither set: export is off, whatever the protocol.
 //!
 //! Read by the OpenTelemetry crates themselves (this crate does not override them unless the
 //! corresponding [`TracingConfig`] field is `Some`):
@@ -66,17 +71,21 @@
 //!   the exporter's timeout below.
 //! * `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT` / `OTEL_EXPORTER_OTLP_TIMEOUT` (default 10 s),
 //!   `OTEL_EXPORTER_OTLP_[TRACES_]HEADERS`, `OTEL_EXPORTER_OTLP_[TRACES_]COMPRESSION` (needs the
-//!   `gzip-tonic`/`zstd-tonic` features, not enabled), `OTEL_EXPORTER_OTLP_[TRACES_]INSECURE`: read by
-//!   `opentelemetry-otlp`'s tonic exporter.
+//!   `gzip-*`/`zstd-*` features, not enabled): read by `opentelemetry-otlp`'s exporters (for
+//!   `http/protobuf`, [`init`] resolves the timeout the same way, to give it to the HTTP client
+//!   too). `OTEL_EXPORTER_OTLP_[TRACES_]INSECURE`: read by the gRPC exporter only.
 //! * `OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT`, `OTEL_SPAN_EVENT_COUNT_LIMIT`, `OTEL_SPAN_LINK_COUNT_LIMIT`
 //!   (default 128 links per span): read by the SDK's trace `Config`.
 //!
 //! # Runtime requirements
 //!
-//! [`init`] with an endpoint must run inside a Tokio runtime (the lazily connecting gRPC channel
-//! spawns its worker task there); use the multi-threaded runtime, because flush and shutdown block
-//! the calling thread while the export itself needs the runtime to make progress. An `https://`
-//! endpoint needs one of `opentelemetry-otlp`'s TLS features (e.g. `tls-ring`), not enabled here.
+//! [`init`] with an endpoint must run inside a Tokio runtime: the lazily connecting gRPC channel
+//! spawns its worker task there, and the HTTP exporter's requests (hyper, which needs Tokio's
+//! reactor and timers) are spawned onto it from the batch processor's thread. Use the
+//! multi-threaded runtime, because flush and shutdown block the calling thread while the export
+//! itself needs the runtime to make progress. An `https://` endpoint needs TLS features of
+//! `opentelemetry-otlp` (e.g. `tls-ring`) or an HTTP client with TLS, not enabled here: [`init`]
+//! refuses it.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
@@ -85,13 +94,21 @@ pub mod exposition;
 pub mod finished;
 pub mod subscriber;
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use opentelemetry::Key;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{SpanContext, TraceContextExt, TracerProvider as _};
-use opentelemetry_otlp::{SpanExporter, WithExportConfig};
+use opentelemetry_http::hyper::HyperClient;
+use opentelemetry_http::{Bytes, HttpClient, HttpError};
+use opentelemetry_otlp::{
+    ExporterBuildError, OTEL_EXPORTER_OTLP_TIMEOUT_DEFAULT, Protocol, SpanExporter, WithExportConfig,
+    WithHttpConfig,
+};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::resource::{EnvResourceDetector, ResourceDetector, TelemetryResourceDetector};
@@ -123,14 +140,6 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// `OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL` names a protocol other than `grpc`.
-    #[error("{var}={value:?} is not supported: only \"grpc\" OTLP export is built in")]
-    UnsupportedProtocol {
-        /// The variable that was read.
-        var: &'static str,
-        /// Its value.
-        value: String,
-    },
     /// An environment variable has a value that cannot be used.
     #[error("invalid {var}={value:?}: {reason}")]
     InvalidEnv {
@@ -144,7 +153,7 @@ pub enum Error {
     /// [`init`] was called with an endpoint outside a Tokio runtime.
     #[error("OTLP trace export must be initialised inside a Tokio runtime")]
     NoTokioRuntime,
-    /// The OTLP exporter could not be built (bad endpoint URI, https without a TLS feature, ...).
+    /// The OTLP exporter could not be built (bad endpoint URI, https without TLS, ...).
     #[error("building the OTLP span exporter: {0}")]
     Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
     /// Flushing or shutting down the tracer provider failed or timed out.
@@ -216,13 +225,43 @@ impl SamplerConfig {
     }
 }
 
+/// OTLP transport, as named by `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` / `OTEL_EXPORTER_OTLP_PROTOCOL`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OtlpProtocol {
+    /// `grpc`: the collector's `TraceService` over HTTP/2, conventionally on port 4317.
+    #[default]
+    Grpc,
+    /// `http/protobuf`: protobuf-encoded `POST`s to the traces URL (`.../v1/traces`), over
+    /// HTTP/1.1, conventionally on port 4318.
+    HttpProtobuf,
+}
+
+impl OtlpProtocol {
+    /// Parses the value of `var`, one of the two protocol variables.
+    fn parse(var: &'static str, value: &str) -> Result<Self, Error> {
+        match value {
+            "grpc" => Ok(OtlpProtocol::Grpc),
+            "http/protobuf" => Ok(OtlpProtocol::HttpProtobuf),
+            other => Err(Error::InvalidEnv {
+                var,
+                value: other.to_owned(),
+                reason: "expected grpc or http/protobuf (http/json is not built in)",
+            }),
+        }
+    }
+}
+
 /// Trace export settings. Build it with [`TracingConfig::from_env`] in services, or with
 /// [`TracingConfig::new`] and field assignments in tests (no process environment involved).
 #[derive(Debug, Clone)]
 pub struct TracingConfig {
-    /// OTLP/gRPC collector endpoint, e.g. `http://127.0.0.1:4317`. `None`: export is off and
-    /// [`init`] returns no layer.
+    /// Where spans are sent, used as is: for gRPC the collector's address, e.g.
+    /// `http://127.0.0.1:4317`; for HTTP the full traces URL, e.g.
+    /// `http://127.0.0.1:4318/v1/traces` ([`Self::from_env`] appends `/v1/traces` to
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` itself). `None`: export is off and [`init`] returns no layer.
     pub endpoint: Option<String>,
+    /// How spans are sent to [`Self::endpoint`].
+    pub protocol: OtlpProtocol,
     /// The resource's `service.name`.
     pub service_name: String,
     /// Further resource attributes (`service.name` here is overridden by [`Self::service_name`]).
@@ -248,6 +287,7 @@ impl TracingConfig {
     pub fn new(service_name: impl Into<String>) -> Self {
         TracingConfig {
             endpoint: None,
+            protocol: OtlpProtocol::Grpc,
             service_name: service_name.into(),
             resource_attributes: Vec::new(),
             sampler: SamplerConfig::default(),
@@ -302,17 +342,25 @@ impl TracingConfig {
             }
         }
 
-        for var in ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"] {
-            if let Some(protocol) = get(var) {
-                if protocol != "grpc" {
-                    return Err(Error::UnsupportedProtocol { var, value: protocol });
-                }
-                break;
-            }
+        // The signal-specific variable takes precedence, even when the generic one is invalid.
+        let protocol = ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"]
+            .into_iter()
+            .find_map(|var| get(var).map(|value| (var, value)));
+        if let Some((var, value)) = protocol {
+            config.protocol = OtlpProtocol::parse(var, &value)?;
         }
 
-        config.endpoint =
-            get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| get("OTEL_EXPORTER_OTLP_ENDPOINT"));
+        // The signal-specific endpoint is used as is. The generic one is the collector's address
+        // for gRPC (whose paths come from the service definition) and, for OTLP/HTTP, the base URL
+        // of all signals: the traces path is appended to it.
+        let traces_endpoint = get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+        let endpoint = get("OTEL_EXPORTER_OTLP_ENDPOINT");
+        config.endpoint = match config.protocol {
+            OtlpProtocol::Grpc => traces_endpoint.or(endpoint),
+            OtlpProtocol::HttpProtobuf => {
+                traces_endpoint.or_else(|| endpoint.map(|base| http_traces_url(&base)))
+            }
+        };
 
         if let Some(sampler) = get("OTEL_TRACES_SAMPLER") {
             config.sampler = SamplerConfig::parse(&sampler, get("OTEL_TRACES_SAMPLER_ARG").as_deref())?;
@@ -370,7 +418,9 @@ impl Drop for TelemetryGuard {
     }
 }
 
-/// Targets whose spans never reach the OpenTelemetry layer: the exporter's own transport.
+/// Targets whose spans never reach the OpenTelemetry layer: the exporter's own transport. Targets
+/// match by prefix, so `hyper` also covers `hyper_util` (the HTTP exporter's client) and
+/// `opentelemetry` covers `opentelemetry_http` and `opentelemetry_otlp`.
 fn exporter_feedback_filter() -> Targets {
     Targets::new()
         .with_default(LevelFilter::TRACE)
@@ -382,7 +432,8 @@ fn exporter_feedback_filter() -> Targets {
 }
 
 /// Sets the global text-map propagator to W3C TraceContext and, when `config.endpoint` is set,
-/// builds the OTLP/gRPC exporter, a bounded [`BatchSpanProcessor`] and the tracer provider.
+/// builds the OTLP exporter (gRPC or HTTP/protobuf, per `config.protocol`), a bounded
+/// [`BatchSpanProcessor`] and the tracer provider.
 ///
 /// Returns the layer to add to the caller's subscriber (`None` when export is off: no
 /// OpenTelemetry code runs per span then) and the guard that shuts export down. The global tracer
@@ -390,7 +441,7 @@ fn exporter_feedback_filter() -> Targets {
 ///
 /// An unreachable collector never blocks the application: spans are handed to the processor with
 /// a non-blocking send and dropped when the queue is full; exports run on the processor's own
-/// thread, each bounded by the export timeout.
+/// thread, each bounded by the export timeout (retries included).
 pub fn init<S>(config: &TracingConfig) -> Result<(Option<OtelLayer<S>>, TelemetryGuard), Error>
 where
     S: tracing::Subscriber + for<'span> LookupSpan<'span>,
@@ -399,15 +450,38 @@ where
     let Some(endpoint) = config.endpoint.clone() else {
         return Ok((None, TelemetryGuard { provider: None, shutdown_timeout: config.shutdown_timeout }));
     };
-    if tokio::runtime::Handle::try_current().is_err() {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return Err(Error::NoTokioRuntime);
-    }
+    };
 
-    let mut exporter = SpanExporter::builder().with_tonic().with_endpoint(endpoint);
-    if let Some(timeout) = config.export_timeout {
-        exporter = exporter.with_timeout(timeout);
-    }
-    let exporter = HealthTracking(exporter.build()?);
+    let exporter = match config.protocol {
+        OtlpProtocol::Grpc => {
+            let mut exporter = SpanExporter::builder().with_tonic().with_endpoint(endpoint);
+            if let Some(timeout) = config.export_timeout {
+                exporter = exporter.with_timeout(timeout);
+            }
+            exporter.build()?
+        }
+        OtlpProtocol::HttpProtobuf => {
+            require_plain_http(&endpoint)?;
+            // The exporter bounds the whole export (retries included) by this timeout, and the
+            // client bounds each request by it: both get the same value.
+            let timeout =
+                config.export_timeout.unwrap_or_else(|| export_timeout_from(|name| std::env::var(name).ok()));
+            let client =
+                OnRuntime { client: Arc::new(HyperClient::with_default_connector(timeout, None)), runtime };
+            // The protocol and endpoint are explicit, so the builder reads neither variable
+            // again: it uses the endpoint as is and appends no `/v1/traces` of its own.
+            SpanExporter::builder()
+                .with_http()
+                .with_protocol(Protocol::HttpBinary)
+                .with_endpoint(endpoint)
+                .with_timeout(timeout)
+                .with_http_client(client)
+                .build()?
+        }
+    };
+    let exporter = HealthTracking(exporter);
 
     // `BatchConfigBuilder::default()` reads OTEL_BSP_*; only explicit settings override them.
     let mut batch = BatchConfigBuilder::default();
@@ -450,6 +524,62 @@ where
         .with_target(false)
         .with_filter(exporter_feedback_filter());
     Ok((Some(layer), TelemetryGuard { provider: Some(provider), shutdown_timeout: config.shutdown_timeout }))
+}
+
+/// The OTLP/HTTP traces URL for the base URL of all signals, `OTEL_EXPORTER_OTLP_ENDPOINT`: the
+/// signal's path appended, with a single slash between them (as `opentelemetry-otlp` does when it
+/// reads the variable itself).
+fn http_traces_url(base: &str) -> String {
+    format!("{}/v1/traces", base.strip_suffix('/').unwrap_or(base))
+}
+
+/// Refuses an OTLP/HTTP endpoint that the built-in client cannot reach (it speaks plain `http`
+/// only), when building the exporter rather than on every export.
+fn require_plain_http(endpoint: &str) -> Result<(), Error> {
+    let scheme = endpoint.parse::<http::Uri>().ok().and_then(|uri| uri.scheme().cloned());
+    if scheme == Some(http::uri::Scheme::HTTP) {
+        return Ok(());
+    }
+    Err(Error::Exporter(ExporterBuildError::InvalidConfiguration(format!(
+        "OTLP/HTTP endpoint {endpoint:?} is not an http:// URL (https needs TLS, which is not built in)"
+    ))))
+}
+
+/// The exporter's timeout as `opentelemetry-otlp` resolves it when none is given:
+/// `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`, then `OTEL_EXPORTER_OTLP_TIMEOUT` (milliseconds; a value
+/// that does not parse is skipped), then 10 s.
+fn export_timeout_from(lookup: impl Fn(&str) -> Option<String>) -> Duration {
+    ["OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"]
+        .into_iter()
+        .find_map(|name| lookup(name)?.parse().ok())
+        .map_or(OTEL_EXPORTER_OTLP_TIMEOUT_DEFAULT, Duration::from_millis)
+}
+
+/// The OTLP/HTTP exporter's client: hyper, with each request spawned onto the Tokio runtime that
+/// [`init`] ran in. The batch processor awaits exports on its own thread, outside any runtime,
+/// where hyper's connector, its timeout and its connection tasks would panic for want of a
+/// reactor; there the processor only waits for the spawned request (bounded by the client's
+/// timeout). If the runtime is gone (shut down before the guard), the request fails instead.
+#[derive(Debug)]
+struct OnRuntime {
+    client: Arc<HyperClient>,
+    runtime: tokio::runtime::Handle,
+}
+
+// `HttpClient` is an `async_trait`; this is its expansion, written out.
+impl HttpClient for OnRuntime {
+    fn send_bytes<'client, 'future>(
+        &'client self,
+        request: http::Request<Bytes>,
+    ) -> Pin<Box<dyn Future<Output = Result<http::Response<Bytes>, HttpError>> + Send + 'future>>
+    where
+        'client: 'future,
+        Self: 'future,
+    {
+        let client = Arc::clone(&self.client);
+        let request = self.runtime.spawn(async move { client.send_bytes(request).await });
+        Box::pin(async move { request.await? })
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -778,19 +908,121 @@ mod tests {
         assert!(config(&[("OTEL_SDK_DISABLED", "yes")]).is_err());
     }
 
+    /// The protocol [`TracingConfig::from_lookup`] picks from `vars`, or the variable and value
+    /// it refuses.
+    fn check_protocol(vars: &[(&str, &str)], expected: Result<OtlpProtocol, (&str, &str)>) {
+        match (config(vars), expected) {
+            (Ok(c), Ok(protocol)) => assert_eq!(c.protocol, protocol, "{vars:?}"),
+            (Err(Error::InvalidEnv { var, value, reason }), Err((expected_var, expected_value))) => {
+                assert_eq!((var, value.as_str()), (expected_var, expected_value), "{vars:?}");
+                let message = Error::InvalidEnv { var, value: value.clone(), reason }.to_string();
+                assert!(
+                    message.contains(var)
+                        && message.contains(&value)
+                        && message.contains("grpc or http/protobuf"),
+                    "the message names the variable, the value and the supported protocols: {message}"
+                );
+            }
+            (got, expected) => panic!("{vars:?}: got {got:?}, expected {expected:?}"),
+        }
+    }
+
     #[test]
-    fn only_grpc_protocol_is_accepted() {
-        assert!(config(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")]).is_ok());
-        let err = config(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")]).expect_err("http");
-        assert!(matches!(err, Error::UnsupportedProtocol { var: "OTEL_EXPORTER_OTLP_PROTOCOL", .. }));
-        // The signal-specific variable takes precedence over the generic one.
-        assert!(
-            config(&[
-                ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc"),
-                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
-            ])
-            .is_ok()
+    fn protocol_is_grpc_or_http_protobuf_and_the_traces_variable_wins() {
+        const TRACES: &str = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL";
+        const GENERIC: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
+        check_protocol(&[], Ok(OtlpProtocol::Grpc));
+        check_protocol(&[(GENERIC, "grpc")], Ok(OtlpProtocol::Grpc));
+        check_protocol(&[(GENERIC, "http/protobuf")], Ok(OtlpProtocol::HttpProtobuf));
+        check_protocol(&[(TRACES, " http/protobuf ")], Ok(OtlpProtocol::HttpProtobuf));
+        check_protocol(&[(TRACES, "http/protobuf"), (GENERIC, "grpc")], Ok(OtlpProtocol::HttpProtobuf));
+        check_protocol(&[(TRACES, "grpc"), (GENERIC, "http/protobuf")], Ok(OtlpProtocol::Grpc));
+        // The signal-specific variable decides, even when the generic one would be refused.
+        check_protocol(&[(TRACES, "grpc"), (GENERIC, "http/json")], Ok(OtlpProtocol::Grpc));
+        // An empty variable counts as unset.
+        check_protocol(&[(TRACES, ""), (GENERIC, "http/protobuf")], Ok(OtlpProtocol::HttpProtobuf));
+        check_protocol(&[(GENERIC, "http/json")], Err((GENERIC, "http/json")));
+        check_protocol(&[(TRACES, "http/json"), (GENERIC, "grpc")], Err((TRACES, "http/json")));
+        check_protocol(&[(TRACES, "thrift")], Err((TRACES, "thrift")));
+        check_protocol(&[(GENERIC, "HTTP/PROTOBUF")], Err((GENERIC, "HTTP/PROTOBUF")));
+    }
+
+    /// The endpoint [`TracingConfig::from_lookup`] derives from the protocol and the two
+    /// endpoint variables.
+    fn check_endpoint(protocol: &str, traces: Option<&str>, generic: Option<&str>, expected: Option<&str>) {
+        let mut vars = vec![("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)];
+        vars.extend(traces.map(|v| ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", v)));
+        vars.extend(generic.map(|v| ("OTEL_EXPORTER_OTLP_ENDPOINT", v)));
+        let c = config(&vars).expect("valid");
+        assert_eq!(c.endpoint.as_deref(), expected, "{vars:?}");
+    }
+
+    #[test]
+    fn endpoints_follow_the_otlp_exporter_specification() {
+        // gRPC: either variable as is, as before HTTP existed.
+        check_endpoint("grpc", None, Some("http://c:4317"), Some("http://c:4317"));
+        check_endpoint("grpc", None, Some("http://c:4317/"), Some("http://c:4317/"));
+        check_endpoint("grpc", Some("http://t:4317"), Some("http://c:4317"), Some("http://t:4317"));
+        // HTTP: the generic variable is a base URL, the traces path goes after one slash.
+        check_endpoint("http/protobuf", None, Some("http://c:4318"), Some("http://c:4318/v1/traces"));
+        check_endpoint("http/protobuf", None, Some("http://c:4318/"), Some("http://c:4318/v1/traces"));
+        check_endpoint(
+            "http/protobuf",
+            None,
+            Some("https://c:4318/otlp"),
+            Some("https://c:4318/otlp/v1/traces"),
         );
+        check_endpoint(
+            "http/protobuf",
+            None,
+            Some("http://c:4318/otlp/"),
+            Some("http://c:4318/otlp/v1/traces"),
+        );
+        // HTTP: the traces variable is the full URL, used as is (no path appended, slash kept).
+        check_endpoint(
+            "http/protobuf",
+            Some("http://t:4318/custom"),
+            Some("http://c:4318"),
+            Some("http://t:4318/custom"),
+        );
+        check_endpoint("http/protobuf", Some("http://t:4318/"), None, Some("http://t:4318/"));
+        check_endpoint(
+            "http/protobuf",
+            Some("http://t:4318/v1/traces"),
+            None,
+            Some("http://t:4318/v1/traces"),
+        );
+        // No endpoint: export stays off, there is no default collector.
+        check_endpoint("http/protobuf", None, None, None);
+        check_endpoint("grpc", None, None, None);
+    }
+
+    #[test]
+    fn export_timeout_is_resolved_like_the_exporter_does() {
+        let check = |vars: &[(&str, &str)], expected: Duration| {
+            let map: HashMap<&str, &str> = vars.iter().copied().collect();
+            let timeout = export_timeout_from(|name| map.get(name).map(|v| (*v).to_owned()));
+            assert_eq!(timeout, expected, "{vars:?}");
+        };
+        check(&[], Duration::from_secs(10));
+        check(&[("OTEL_EXPORTER_OTLP_TIMEOUT", "2500")], Duration::from_millis(2500));
+        check(
+            &[("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "300"), ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500")],
+            Duration::from_millis(300),
+        );
+        check(
+            &[("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "soon"), ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500")],
+            Duration::from_millis(2500),
+        );
+    }
+
+    #[test]
+    fn http_export_needs_a_plain_http_endpoint() {
+        assert!(require_plain_http("http://collector:4318/v1/traces").is_ok());
+        for endpoint in ["https://collector:4318/v1/traces", "collector:4318/v1/traces", "not a url"] {
+            let err = require_plain_http(endpoint).expect_err(endpoint);
+            assert!(err.to_string().contains(endpoint), "{err}");
+        }
     }
 
     #[test]

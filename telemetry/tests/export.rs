@@ -1,12 +1,22 @@
-//! Spans created through `tracing` reach a real OTLP/gRPC receiver with the right shape.
+//! Spans created through `tracing` reach a real OTLP receiver with the right shape: gRPC (the
+//! collector's `TraceService`) and HTTP/protobuf (`POST /v1/traces`).
 
 use chaos_tests::otlp as common;
 
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::{Bytes, Incoming};
 use opentelemetry::KeyValue;
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
-use telemetry::{SamplerConfig, TracingConfig};
+use prost::Message as _;
+use telemetry::{OtlpProtocol, SamplerConfig, TracingConfig};
 use tracing_subscriber::layer::SubscriberExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -124,5 +134,121 @@ async fn spans_reach_the_collector_with_ids_kinds_attributes_links_and_resource(
         ]
     );
 
+    tokio::task::spawn_blocking(move || guard.shutdown()).await.expect("join").expect("shutdown");
+}
+
+/// An OTLP/HTTP trace receiver: answers `POST /v1/traces` with `content-type:
+/// application/x-protobuf` by decoding the body and replying 200 with an empty
+/// `ExportTraceServiceResponse`, and anything else with an error status.
+#[derive(Clone, Default)]
+struct HttpReceiver {
+    /// The decoded export requests.
+    requests: Arc<Mutex<Vec<ExportTraceServiceRequest>>>,
+    /// Method, path and content type of every request that was refused.
+    refused: Arc<Mutex<Vec<String>>>,
+}
+
+impl HttpReceiver {
+    /// Serves on 127.0.0.1 on an ephemeral port.
+    async fn start() -> (SocketAddr, HttpReceiver) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind receiver");
+        let addr = listener.local_addr().expect("receiver address");
+        let receiver = HttpReceiver::default();
+        let serving = receiver.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let receiver = serving.clone();
+                let service = hyper::service::service_fn(move |request| {
+                    let receiver = receiver.clone();
+                    async move { Ok::<_, Infallible>(receiver.handle(request).await) }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+                );
+            }
+        });
+        (addr, receiver)
+    }
+
+    async fn handle(&self, request: hyper::Request<Incoming>) -> hyper::Response<Full<Bytes>> {
+        let status = |code: u16| {
+            hyper::Response::builder().status(code).body(Full::default()).expect("error response")
+        };
+        let content_type = request.headers().get(http::header::CONTENT_TYPE).cloned();
+        if request.method() != http::Method::POST
+            || request.uri().path() != "/v1/traces"
+            || content_type.as_ref().map(|v| v.as_bytes()) != Some(b"application/x-protobuf")
+        {
+            let seen = format!("{} {} {content_type:?}", request.method(), request.uri());
+            self.refused.lock().expect("refused lock").push(seen);
+            return status(404);
+        }
+        let Ok(body) = request.into_body().collect().await else { return status(400) };
+        let Ok(export) = ExportTraceServiceRequest::decode(body.to_bytes()) else {
+            self.refused.lock().expect("refused lock").push("undecodable body".to_owned());
+            return status(400);
+        };
+        self.requests.lock().expect("requests lock").push(export);
+        let response = ExportTraceServiceResponse { partial_success: None }.encode_to_vec();
+        hyper::Response::builder()
+            .status(200)
+            .header(http::header::CONTENT_TYPE, "application/x-protobuf")
+            .body(Full::new(Bytes::from(response)))
+            .expect("export response")
+    }
+
+    /// Every received span's name with the resource's `service.name`.
+    fn spans(&self) -> Vec<(Option<String>, String)> {
+        let requests = self.requests.lock().expect("requests lock");
+        requests
+            .iter()
+            .flat_map(|r| r.resource_spans.iter())
+            .flat_map(|rs| {
+                let service =
+                    rs.resource.as_ref().and_then(|r| common::str_attr(&r.attributes, "service.name"));
+                rs.scope_spans
+                    .iter()
+                    .flat_map(|ss| ss.spans.iter())
+                    .map(move |s| (service.clone(), s.name.clone()))
+            })
+            .collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_an_otlp_http_receiver_as_protobuf() {
+    let (addr, receiver) = HttpReceiver::start().await;
+    let mut config = TracingConfig::new("aegis-http-test");
+    config.protocol = OtlpProtocol::HttpProtobuf;
+    config.endpoint = Some(format!("http://{addr}/v1/traces"));
+    config.sampler = SamplerConfig::AlwaysOn;
+    config.export_timeout = Some(Duration::from_secs(5));
+    let (layer, guard) = telemetry::init(&config).expect("init");
+    assert!(layer.is_some() && guard.is_enabled());
+    let subscriber = tracing_subscriber::registry().with(layer);
+    tracing::subscriber::with_default(subscriber, || {
+        tracing::info_span!("http_request", otel.kind = "server").in_scope(|| {
+            tracing::info_span!("upstream_call", otel.kind = "client").in_scope(|| {});
+        });
+    });
+
+    // The batch processor exports on its own thread, outside the runtime: the flush only
+    // succeeds if the HTTP client's requests run on the runtime all the same.
+    let guard = tokio::task::spawn_blocking(move || guard.force_flush().map(|()| guard))
+        .await
+        .expect("join")
+        .expect("flush");
+
+    assert_eq!(*receiver.refused.lock().expect("refused lock"), Vec::<String>::new());
+    let mut spans = receiver.spans();
+    spans.sort();
+    let service = Some("aegis-http-test".to_owned());
+    assert_eq!(
+        spans,
+        [(service.clone(), "http_request".to_owned()), (service, "upstream_call".to_owned())],
+        "exactly our spans, under our service name"
+    );
+    assert!(telemetry::export_healthy());
     tokio::task::spawn_blocking(move || guard.shutdown()).await.expect("join").expect("shutdown");
 }

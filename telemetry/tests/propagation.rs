@@ -139,8 +139,14 @@ fn export_off_installs_no_layer_and_helpers_degrade() {
 
 #[test]
 fn init_with_endpoint_outside_tokio_is_an_error() {
-    let mut config = TracingConfig::new("no-runtime");
-    config.endpoint = Some("http://127.0.0.1:4317".to_owned());
-    let result = telemetry::init::<Registry>(&config);
-    assert!(matches!(result, Err(telemetry::Error::NoTokioRuntime)));
+    for (protocol, endpoint) in [
+        (telemetry::OtlpProtocol::Grpc, "http://127.0.0.1:4317"),
+        (telemetry::OtlpProtocol::HttpProtobuf, "http://127.0.0.1:4318/v1/traces"),
+    ] {
+        let mut config = TracingConfig::new("no-runtime");
+        config.protocol = protocol;
+        config.endpoint = Some(endpoint.to_owned());
+        let result = telemetry::init::<Registry>(&config);
+        assert!(matches!(result, Err(telemetry::Error::NoTokioRuntime)), "{protocol:?}");
+    }
 }

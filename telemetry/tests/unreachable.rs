@@ -3,15 +3,16 @@
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use telemetry::TracingConfig;
+use telemetry::{OtlpProtocol, TracingConfig};
 use tracing_subscriber::layer::SubscriberExt;
 
 const SPANS: usize = 100_000;
 /// Far above the time 100k spans take here, far below what a blocking queue would need.
 const DEADLINE: Duration = Duration::from_secs(120);
 
-fn config(endpoint: String) -> TracingConfig {
+fn config(protocol: OtlpProtocol, endpoint: String) -> TracingConfig {
     let mut config = TracingConfig::new("unreachable-test");
+    config.protocol = protocol;
     config.endpoint = Some(endpoint);
     config.max_queue_size = Some(256);
     config.max_export_batch_size = Some(64);
@@ -53,18 +54,15 @@ async fn spans_do_not_block(config: TracingConfig) {
     assert!(shutdown < Duration::from_secs(15), "shutdown took {shutdown:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn closed_port_does_not_block() {
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.local_addr().expect("address").port()
-    }; // Closed again here: connections are refused.
-    spans_do_not_block(config(format!("http://127.0.0.1:{port}"))).await;
+/// A local port with nothing listening on it: connections are refused.
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("address").port()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn black_hole_collector_does_not_block() {
-    // Accepts connections and never answers: every export waits for its full timeout.
+/// A collector that accepts connections and never answers: every export waits for its full
+/// timeout. Abort the task to close it.
+async fn black_hole() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("address");
     let hole = tokio::spawn(async move {
@@ -73,6 +71,32 @@ async fn black_hole_collector_does_not_block() {
             held.push(stream);
         }
     });
-    spans_do_not_block(config(format!("http://{addr}"))).await;
+    (addr, hole)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_port_does_not_block() {
+    let port = closed_port();
+    spans_do_not_block(config(OtlpProtocol::Grpc, format!("http://127.0.0.1:{port}"))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn black_hole_collector_does_not_block() {
+    let (addr, hole) = black_hole().await;
+    spans_do_not_block(config(OtlpProtocol::Grpc, format!("http://{addr}"))).await;
+    hole.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_port_does_not_block_http() {
+    let port = closed_port();
+    spans_do_not_block(config(OtlpProtocol::HttpProtobuf, format!("http://127.0.0.1:{port}/v1/traces")))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn black_hole_collector_does_not_block_http() {
+    let (addr, hole) = black_hole().await;
+    spans_do_not_block(config(OtlpProtocol::HttpProtobuf, format!("http://{addr}/v1/traces"))).await;
     hole.abort();
 }
