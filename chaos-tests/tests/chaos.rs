@@ -35,6 +35,7 @@ const SCENARIOS: &[&str] = &[
     "minority-partition",
     "one-way-link",
     "slow-links",
+    "very-slow-links",
     "rolling-restart",
     "whole-cluster-restart",
     "disk-full",
@@ -301,18 +302,23 @@ async fn fault(name: &str, stack: &mut Stack, workload: &Workload, rng: &mut Rng
             report.note = format!("node {} -> node {} dropped", leader + 1, follower + 1);
         }
         "slow-links" => {
+            // Within what the default timing tolerates: replication goes on, only slower.
             report.injected = Some(Instant::now());
-            for &from in &ids {
-                for &to in &ids {
-                    if from != to {
-                        let delay = rng.between(Duration::from_millis(20), Duration::from_millis(150));
-                        stack.cluster.network().set(from, to, Link::Slow(delay));
-                    }
-                }
-            }
+            slow_links(stack, rng, Duration::from_millis(5), Duration::from_millis(40));
             tokio::time::sleep(Duration::from_secs(4)).await;
+            let during = workload.recovered_after(report.injected.expect("just set"));
             stack.cluster.network().heal();
-            report.note = "20-150 ms per link".to_owned();
+            assert!(during.is_some(), "no append was acknowledged over links of 5-40 ms");
+            report.note = "5-40 ms per link, appends kept flowing".to_owned();
+        }
+        "very-slow-links" => {
+            // Beyond it: a round trip over the heartbeat interval (openraft's AppendEntries
+            // timeout) stalls replication. Nothing may be lost; recovery is measured from the heal.
+            slow_links(stack, rng, Duration::from_millis(100), Duration::from_millis(150));
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            report.injected = Some(Instant::now());
+            stack.cluster.network().heal();
+            report.note = "100-150 ms per link, then healed".to_owned();
         }
         "rolling-restart" => {
             report.injected = Some(Instant::now());
@@ -364,6 +370,18 @@ async fn fault(name: &str, stack: &mut Stack, workload: &Workload, rng: &mut Rng
         other => panic!("no scenario {other}"),
     }
     report
+}
+
+/// Delays every link between `low` and `high` (each direction drawn on its own).
+fn slow_links(stack: &Stack, rng: &mut Rng, low: Duration, high: Duration) {
+    let ids = stack.node_ids();
+    for &from in &ids {
+        for &to in &ids {
+            if from != to {
+                stack.cluster.network().set(from, to, Link::Slow(rng.between(low, high)));
+            }
+        }
+    }
 }
 
 /// 30 s, or `AEGIS_CHAOS_LEDGER_DOWN_SECS`.

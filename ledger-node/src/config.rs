@@ -104,6 +104,11 @@ pub struct Config {
 #[serde(default, deny_unknown_fields)]
 pub struct RaftConfig {
     /// How often the leader sends heartbeats. Must be less than half the minimum election timeout.
+    ///
+    /// openraft 0.9 also uses it as the timeout of every AppendEntries call: it MUST exceed the
+    /// round trip between nodes plus a follower's flush (fdatasync), or replication times out
+    /// and nothing commits (the chaos suite's `very-slow-links` scenario shows it). Raise it, and
+    /// the election timeouts with it, for nodes far apart or on slow disks.
     pub heartbeat_interval_ms: u64,
     /// A follower that hears no leader for a random time in [min, max) starts an election.
     pub election_timeout_min_ms: u64,
