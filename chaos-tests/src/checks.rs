@@ -80,6 +80,9 @@ pub struct Verdict {
     pub failed: usize,
     /// Acknowledged records missing from the final log.
     pub lost: Vec<String>,
+    /// `async` records a SIGKILLed gateway had acknowledged but never delivered: that mode does
+    /// not promise them (the response does not wait), so they are counted, not failed.
+    pub async_missing: usize,
     /// Records in the final log more than once.
     pub duplicated: Vec<String>,
     pub tree_size: u64,
@@ -205,6 +208,12 @@ pub async fn verify(
         }
     }
     verdict.lost = required.into_iter().filter(|id| !counts.contains_key(id)).collect();
+    verdict.async_missing = attempts
+        .iter()
+        .filter(|attempt| attempt.outcome == Outcome::Acked && attempt.via == Via::Gateway(AuditMode::Async))
+        .flat_map(|attempt| &attempt.record_ids)
+        .filter(|id| !counts.contains_key(*id))
+        .count();
 
     // Checkpoints seen during the run: signed by a majority, one root per size, never smaller
     // than a node served before, and each a prefix of the final log (recomputed, and by a

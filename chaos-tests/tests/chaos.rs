@@ -116,6 +116,8 @@ struct FaultReport {
     injected: Option<Instant>,
     /// A gateway was SIGKILLed (its async records in memory were never promised).
     gateway_killed: bool,
+    /// Say in the note how many async records the kill took.
+    count_async_missing: bool,
     /// Nodes that must not be part of the final comparison (e.g. refused to start on a corrupt
     /// file, as they must).
     excluded: Vec<usize>,
@@ -244,7 +246,14 @@ async fn finish(
         .unwrap_or_default();
     let expect = Expect { async_may_be_lost: report.gateway_killed };
     let verdict = verify(&stack.cluster, &attempts, &observations, expect, rng).await;
-    Row { scenario: name.to_owned(), verdict, recovered, max_ack_latency, note: report.note }
+    let mut note = report.note;
+    if report.count_async_missing {
+        note.push_str(&format!(
+            ", {} async records in its memory lost (not promised)",
+            verdict.async_missing
+        ));
+    }
+    Row { scenario: name.to_owned(), verdict, recovered, max_ack_latency, note }
 }
 
 /// Injects `name`'s fault and heals it; every node runs and every link is up when it returns.
@@ -347,6 +356,7 @@ async fn fault(name: &str, stack: &mut Stack, workload: &Workload, rng: &mut Rng
             stack.gateways[0].kill();
             report.gateway_killed = true;
             report.note = format!("gateway killed with {spooled} records spooled");
+            report.count_async_missing = true;
             // Recovery is measured from the restart: the outage itself is the scenario.
             report.injected = Some(Instant::now());
             stack.cluster.restart_all().await;
@@ -603,6 +613,7 @@ async fn soak(seed: u64, length: Duration) -> Row {
         "minority-partition",
         "one-way-link",
         "slow-links",
+        "very-slow-links",
         "rolling-restart",
         "whole-cluster-restart",
     ];
