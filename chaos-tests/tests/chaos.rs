@@ -26,7 +26,8 @@ use chaos_tests::workload::{
 use chaos_tests::{ClusterOptions, GatewayProcess, LedgerCluster, Rng};
 use tokio::time::Instant;
 
-/// Every scenario, in the order the suite runs them.
+/// Every scenario, in the order the suite runs them. The first [`SOAK_FAULTS`] need no special
+/// setup and leave every node running: the soak mode draws from them.
 const SCENARIOS: &[&str] = &[
     "leader-kill",
     "follower-kill-restart",
@@ -44,6 +45,8 @@ const SCENARIOS: &[&str] = &[
     "gateway-killed-with-spool",
     "ledger-down",
 ];
+/// How many of [`SCENARIOS`] the soak mode injects at random.
+const SOAK_FAULTS: usize = 10;
 
 /// Load before the fault, so that there is something to lose.
 const WARM_UP: Duration = Duration::from_secs(2);
@@ -605,18 +608,7 @@ impl Drop for Strace {
 
 /// Random faults on one stack for `length`, checking everything at the end.
 async fn soak(seed: u64, length: Duration) -> Row {
-    const FAULTS: &[&str] = &[
-        "leader-kill",
-        "follower-kill-restart",
-        "leader-pause",
-        "leader-isolated",
-        "minority-partition",
-        "one-way-link",
-        "slow-links",
-        "very-slow-links",
-        "rolling-restart",
-        "whole-cluster-restart",
-    ];
+    let faults = &SCENARIOS[..SOAK_FAULTS];
     let mut rng = Rng::new(seed);
     let mut stack = Stack::start(ClusterOptions::default()).await;
     let workload = Workload::start(&stack.targets(), LoadShape::default(), 900, rng.next_u64());
@@ -625,7 +617,7 @@ async fn soak(seed: u64, length: Duration) -> Row {
     let mut injected = Vec::new();
     while started.elapsed() < length {
         tokio::time::sleep(rng.between(Duration::from_secs(3), Duration::from_secs(15))).await;
-        let name = FAULTS[rng.below(FAULTS.len())];
+        let name = faults[rng.below(faults.len())];
         eprintln!("soak {:?}: {name}", started.elapsed());
         fault(name, &mut stack, &workload, &mut rng).await;
         injected.push(name);
