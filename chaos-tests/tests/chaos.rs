@@ -42,6 +42,8 @@ const SCENARIOS: &[&str] = &[
     "disk-full",
     "flipped-byte",
     "fsync-eio",
+    "follower-fsync-eio",
+    "five-nodes-two-down",
     "gateway-killed-with-spool",
     "ledger-down",
 ];
@@ -201,6 +203,7 @@ async fn scenario(name: &str, seed: u64, run: u32) -> Row {
     let mut rng = Rng::new(seed ^ u64::from(run).wrapping_mul(0x2545_f491_4f6c_dd1d));
     let options = match name {
         "disk-full" => ClusterOptions { small_disk: Some((1, 96 << 20)), ..ClusterOptions::default() },
+        "five-nodes-two-down" => ClusterOptions { nodes: 5, ..ClusterOptions::default() },
         _ => ClusterOptions::default(),
     };
     let mut stack = Stack::start(options).await;
@@ -349,7 +352,21 @@ async fn fault(name: &str, stack: &mut Stack, workload: &Workload, rng: &mut Rng
         }
         "disk-full" => disk_full(stack, workload, &mut report).await,
         "flipped-byte" => flipped_byte(stack, rng, &mut report).await,
-        "fsync-eio" => fsync_eio(stack, workload, &mut report).await,
+        "fsync-eio" => fsync_eio(stack, workload, &mut report, true).await,
+        "follower-fsync-eio" => fsync_eio(stack, workload, &mut report, false).await,
+        "five-nodes-two-down" => {
+            // Five voters: the leader and a follower die at once; the other three elect and go on.
+            let leader = stack.leader().await;
+            let follower = stack.follower().await;
+            report.injected = Some(Instant::now());
+            stack.cluster.kill(leader);
+            stack.cluster.kill(follower);
+            wait_recovered(workload, report.injected).await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            stack.cluster.restart(leader).await;
+            stack.cluster.restart(follower).await;
+            report.note = format!("nodes {} (leader) and {} killed of 5", leader + 1, follower + 1);
+        }
         "gateway-killed-with-spool" => {
             // The ledger goes away, the gateways spool, gateway 1 is killed with records in
             // its spool, then everything comes back.
@@ -519,35 +536,38 @@ fn flip_byte(file: &Path, rng: &mut Rng) -> (u64, u64) {
     (offset, length)
 }
 
-/// The leader's fdatasync calls fail with EIO (injected with strace). It must stop
-/// acknowledging (its log can no longer be made durable), the others elect a new leader, and
-/// once it is restarted on a working disk it catches up.
-async fn fsync_eio(stack: &mut Stack, workload: &Workload, report: &mut FaultReport) {
-    let leader = stack.leader().await;
-    let pid = stack.cluster.pid(leader).expect("the leader runs");
+/// A node's fdatasync calls fail with EIO (injected with strace): the leader's, or a
+/// follower's. It must stop acknowledging (its log can no longer be made durable): it exits, the
+/// others go on (electing a new leader if it led), and once it is restarted on a working disk it
+/// catches up.
+async fn fsync_eio(stack: &mut Stack, workload: &Workload, report: &mut FaultReport, leader: bool) {
+    let node = if leader { stack.leader().await } else { stack.follower().await };
+    let pid = stack.cluster.pid(node).expect("the node runs");
     let log = stack.cluster.dir().join("strace.log");
     let mut strace = Strace::attach(pid, &log);
     report.injected = Some(Instant::now());
     // strace ends by itself only when the node exits (on the injected error).
     if let Err(problem) = strace.status(&log) {
-        assert!(
-            stack.cluster.has_exited(leader),
-            "strace could not attach to node {}: {problem}",
-            leader + 1
-        );
+        assert!(stack.cluster.has_exited(node), "strace could not attach to node {}: {problem}", node + 1);
     }
     wait_recovered(workload, report.injected).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let exited = stack.cluster.has_exited(leader);
-    let new_leader = stack.leader().await;
+    // Appends flow again; the failing node must be out of the way by now.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !stack.cluster.has_exited(node) {
+        assert!(
+            Instant::now() < deadline,
+            "node {} still runs 10 s after its fdatasync failed:\n{}",
+            node + 1,
+            stack.cluster.log_tail(node, 20)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     strace.detach();
-    assert_ne!(new_leader, leader, "a node whose fdatasync fails must not stay leader");
-    stack.cluster.reap(leader);
-    stack.cluster.kill(leader);
-    stack.cluster.restart(leader).await;
-    wait_caught_up(&stack.cluster, leader).await;
-    report.note =
-        format!("node {} {} after EIO", leader + 1, if exited { "exited" } else { "stopped leading" });
+    stack.cluster.reap(node);
+    stack.cluster.restart(node).await;
+    wait_caught_up(&stack.cluster, node).await;
+    let role = if leader { "leader" } else { "follower" };
+    report.note = format!("{role} node {} exited on EIO, rejoined", node + 1);
 }
 
 /// strace attached to a process, failing its fdatasync and fsync calls with EIO.
