@@ -9,16 +9,8 @@ use chaos_tests::{ClusterOptions, LedgerCluster, audit_record, record_id};
 use proto::v1;
 use tokio::time::Instant;
 
-/// Appends `count` records (through node `via`, forwarded to the leader) numbered from `first`.
-async fn append(cluster: &LedgerCluster, via: usize, run: u32, first: u64, count: u64) {
-    let records = (first..first + count).map(|n| audit_record(&record_id(run, n), "faults")).collect();
-    if let Err(status) = cluster.ledger(via).append(v1::AppendRequest { records }).await {
-        let logs: Vec<String> = (0..cluster.nodes().len()).map(|index| cluster.log_tail(index, 10)).collect();
-        panic!("append through node {}: {status}\n{}", via + 1, logs.join("\n---\n"));
-    }
-}
-
-/// [`append`], retried for up to 30 s (while a new leader is elected).
+/// Appends `count` records (through node `via`, forwarded to the leader) numbered from `first`,
+/// retrying for up to 30 s while no leader is known (just started, or electing a new one).
 async fn append_eventually(cluster: &LedgerCluster, via: usize, run: u32, first: u64, count: u64) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -52,7 +44,7 @@ async fn a_node_whose_disk_fills_exits_and_rejoins_once_space_returns() {
         ..ClusterOptions::default()
     })
     .await;
-    append(&cluster, 1, 1, 0, 10).await;
+    append_eventually(&cluster, 1, 1, 0, 10).await;
     let filler = cluster.small_disk().fill();
 
     // Appends go on through the other two nodes; node 1 fails to write its log and must exit.
@@ -77,7 +69,6 @@ async fn a_node_whose_disk_fills_exits_and_rejoins_once_space_returns() {
     // The other two go on (electing a new leader if node 1 led); node 1 comes back once space
     // returns and catches up.
     append_eventually(&cluster, 1, 1, next, 5).await;
-    let size = cluster.status(1).await.applied_tree_size;
     // A supervisor restarting it while the disk is still full must not make things worse:
     // whatever the node does then (exit again, or serve until its first write fails), the
     // tree it serves once space returns is the cluster's.
@@ -87,22 +78,25 @@ async fn a_node_whose_disk_fills_exits_and_rejoins_once_space_returns() {
     cluster.reap(0);
     std::fs::remove_file(filler).expect("free the space");
     cluster.restart(0).await;
-    wait_applied(&cluster, 0, size).await;
-    // It serves the cluster's checkpoint of that size, once published.
+    // It catches up to node 2's latest published checkpoint and serves the same one.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let request = v1::GetCheckpointRequest { tree_size: Some(size) };
-        let (rejoined, other) = (
-            cluster.ledger(0).get_checkpoint(request).await,
-            cluster.ledger(1).get_checkpoint(request).await,
-        );
-        if let (Ok(rejoined), Ok(other)) = (rejoined, other) {
-            let (rejoined, other) = (rejoined.into_inner().checkpoint, other.into_inner().checkpoint);
-            let root = |checkpoint: Option<v1::SignedCheckpoint>| checkpoint.map(|c| (c.tree_size, c.root));
-            assert_eq!(root(rejoined), root(other), "node 1 serves the same tree");
+        let latest = v1::GetCheckpointRequest { tree_size: None };
+        let published = cluster.ledger(1).get_checkpoint(latest).await.expect("node 2 serves its checkpoint");
+        let published = published.into_inner().checkpoint.expect("a checkpoint");
+        let same_size = v1::GetCheckpointRequest { tree_size: Some(published.tree_size) };
+        if published.tree_size >= next + 5
+            && let Ok(served) = cluster.ledger(0).get_checkpoint(same_size).await
+        {
+            let served = served.into_inner().checkpoint.expect("a checkpoint");
+            assert_eq!(
+                served.root, published.root,
+                "node 1 serves the same tree at {} leaves",
+                published.tree_size
+            );
             break;
         }
-        assert!(Instant::now() < deadline, "no checkpoint of {size} leaves on nodes 1 and 2 after 30 s");
+        assert!(Instant::now() < deadline, "node 1 serves no checkpoint of node 2's latest after 30 s");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -110,9 +104,9 @@ async fn a_node_whose_disk_fills_exits_and_rejoins_once_space_returns() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_sled_file_lost_durable_entries_refuses_to_serve() {
     let mut cluster = LedgerCluster::start().await;
-    append(&cluster, 0, 2, 0, 200).await;
+    append_eventually(&cluster, 0, 2, 0, 200).await;
     for batch in 0..20 {
-        append(&cluster, 0, 2, 200 + batch * 10, 10).await;
+        append_eventually(&cluster, 0, 2, 200 + batch * 10, 10).await;
     }
     wait_applied(&cluster, 2, 400).await;
 
