@@ -113,9 +113,10 @@ pub struct RaftConfig {
     /// A follower that hears no leader for a random time in [min, max) starts an election.
     ///
     /// After a leader dies, openraft 0.9 first waits out its leader lease (`max`), so failover
-    /// takes `max` plus a random time in [min, max): 3-4 s with the defaults (the chaos suite's
-    /// `leader-kill` measures it). Shorter timeouts fail over faster but elect spuriously when a
-    /// busy machine delays heartbeats.
+    /// takes `max` plus a random time in [min, max), and longer when the first follower to time
+    /// out knows of a longer log elsewhere (it waits `2 * max` more): 3.7-6.3 s with the defaults
+    /// in the chaos suite's `leader-kill`. Shorter timeouts fail over faster but elect spuriously when a busy
+    /// machine delays heartbeats.
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
     /// How long sending one snapshot chunk to a follower may take before it is retried.
