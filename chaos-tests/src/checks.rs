@@ -16,9 +16,9 @@ use proto::v1;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_stream::StreamExt as _;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
-use crate::cluster::{LedgerCluster, ORIGIN};
+use crate::cluster::{LedgerCluster, ORIGIN, channel};
 use crate::rng::Rng;
 use crate::workload::{Attempt, AuditMode, Outcome, Via};
 
@@ -443,11 +443,4 @@ async fn inclusion(
     proof
         .verify(&leaf_hash(data), root)
         .map_err(|error| format!("the inclusion proof does not verify: {error}"))
-}
-
-fn channel(address: SocketAddr) -> Channel {
-    Endpoint::from_shared(format!("http://{address}"))
-        .expect("a valid endpoint")
-        .connect_timeout(Duration::from_millis(500))
-        .connect_lazy()
 }

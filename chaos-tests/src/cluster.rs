@@ -324,6 +324,24 @@ impl LedgerCluster {
         Some(status.ok()?.ok()?.into_inner())
     }
 
+    /// Waits up to 30 s until node `index` applied `size` leaves.
+    ///
+    /// # Panics
+    ///
+    /// On timeout, with the end of the node's log.
+    pub async fn wait_applied(&self, index: usize, size: u64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.try_status(index).await.is_none_or(|status| status.applied_tree_size < size) {
+            assert!(
+                Instant::now() < deadline,
+                "node {} did not apply {size} leaves within 30 s; its log ends:\n{}",
+                index + 1,
+                self.log_tail(index, 20)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// The last `lines` lines of node `index`'s log.
     pub fn log_tail(&self, index: usize, lines: usize) -> String {
         let log = std::fs::read_to_string(&self.nodes[index].log).unwrap_or_default();
@@ -398,8 +416,13 @@ impl Drop for LedgerCluster {
     }
 }
 
-fn channel(address: SocketAddr) -> Channel {
-    Endpoint::from_shared(format!("http://{address}")).expect("a valid endpoint").connect_lazy()
+/// A lazily connected gRPC channel to `address`. A node that is down is reported within a
+/// second (connection refused or timed out), so callers can retry elsewhere.
+pub(crate) fn channel(address: SocketAddr) -> Channel {
+    Endpoint::from_shared(format!("http://{address}"))
+        .expect("a valid endpoint")
+        .connect_timeout(Duration::from_secs(1))
+        .connect_lazy()
 }
 
 fn admin(address: SocketAddr) -> proto::AdminClient<Channel> {

@@ -21,8 +21,9 @@ use proto::v1;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
+use crate::cluster::channel;
 use crate::records::{audit_record, record_id};
 use crate::rng::Rng;
 
@@ -194,13 +195,6 @@ impl Workload {
 /// The time from `since` until the first successful try that started at or after it ended.
 pub fn first_success_after(successes: &[(Instant, Instant)], since: Instant) -> Option<Duration> {
     successes.iter().filter(|(start, _)| *start >= since).map(|(_, end)| *end - since).min()
-}
-
-fn channel(address: SocketAddr) -> Channel {
-    Endpoint::from_shared(format!("http://{address}"))
-        .expect("a valid endpoint")
-        .connect_timeout(Duration::from_secs(1))
-        .connect_lazy()
 }
 
 struct Direct {

@@ -431,25 +431,20 @@ async fn wait_recovered(workload: &Workload, since: Option<Instant>) {
     }
 }
 
-/// Waits (up to 30 s) until node `index` applied as much as the leader had when asked.
+/// Waits until node `index` applied as much as the leader had when asked (up to 30 s to find
+/// the leader, 30 s more to catch up).
 async fn wait_caught_up(cluster: &LedgerCluster, index: usize) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let target = loop {
         if let Some(leader) = cluster.leader_index().await
-            && let Some(target) = cluster.try_status(leader).await
-            && let Some(status) = cluster.try_status(index).await
-            && status.applied_tree_size >= target.applied_tree_size
+            && let Some(status) = cluster.try_status(leader).await
         {
-            return;
+            break status.applied_tree_size;
         }
-        assert!(
-            Instant::now() < deadline,
-            "node {} did not catch up within 30 s; its log ends:\n{}",
-            index + 1,
-            cluster.log_tail(index, 20)
-        );
+        assert!(Instant::now() < deadline, "no leader answered within 30 s");
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    };
+    cluster.wait_applied(index, target).await;
 }
 
 /// Node 1's data directory is on a small tmpfs, which fills up under load. It must stop

@@ -23,20 +23,6 @@ async fn append_eventually(cluster: &LedgerCluster, via: usize, run: u32, first:
     }
 }
 
-/// Waits up to 30 s until node `index` applied `size` leaves.
-async fn wait_applied(cluster: &LedgerCluster, index: usize, size: u64) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while cluster.try_status(index).await.is_none_or(|status| status.applied_tree_size < size) {
-        assert!(
-            Instant::now() < deadline,
-            "node {} did not apply {size} leaves:\n{}",
-            index + 1,
-            cluster.log_tail(index, 20)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_disk_fills_exits_and_rejoins_once_space_returns() {
     let mut cluster = LedgerCluster::start_with(ClusterOptions {
@@ -108,7 +94,7 @@ async fn a_node_whose_sled_file_lost_durable_entries_refuses_to_serve() {
     for batch in 0..20 {
         append_eventually(&cluster, 0, 2, 200 + batch * 10, 10).await;
     }
-    wait_applied(&cluster, 2, 400).await;
+    cluster.wait_applied(2, 400).await;
 
     // Node 3's sled file loses its tail, as sled's recovery does with a damaged record: cut the
     // data file in half (everything after the cut is gone at the next start).
