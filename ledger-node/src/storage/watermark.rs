@@ -14,7 +14,8 @@
 //! last write did not use, with a sequence number and a checksum, so a torn write (power loss)
 //! leaves the other slot intact and reading takes the valid slot with the higher sequence.
 //!
-//! Raising the marks costs one small `pwrite` per group flush and no fsync: a process crash
+//! Raising the marks costs one small `pwrite` per durable log append or vote (on the syncer
+//! thread, as the group flush completes them) and no fsync: a process crash
 //! keeps the page cache, and after a power loss a stale (lower) mark only detects less, never
 //! too much, because a mark is written only after what it claims is durable. Lowering the log
 //! mark (a follower truncating conflicting entries) is written and `fdatasync`ed before the
